@@ -1,0 +1,1 @@
+"""The `rtt` command line: a thin dispatcher and one function per subcommand."""

@@ -1,0 +1,246 @@
+"""The subcommands: validate, plan, show, diff. Each returns an exit code.
+
+They wire the seams (git or directory source, solver) to the pure core and print the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rtt_controller import solvers
+from rtt_controller.cli.exits import INVALID, OK, UsageError
+from rtt_controller.core import inventory, loading, planner, render
+from rtt_controller.core import plan as plan_mod
+from rtt_controller.source import directory, gitrepo
+from rtt_controller.source.snapshot import ParseCache, Snapshot
+
+FORMATS = ("text", "json", "markdown")
+
+
+def _source_args(p: argparse.ArgumentParser, *, rev: bool = True) -> None:
+    p.add_argument("--repo", default=".", help="git repository or plain directory (default: .)")
+    if rev:
+        p.add_argument("--rev", default=None,
+                       help="commit to read (default: HEAD; a plain directory has none)")
+
+
+def _format_arg(p: argparse.ArgumentParser, choices: Sequence[str] = FORMATS,
+                default: str = "text") -> None:
+    p.add_argument("--format", choices=choices, default=default)
+
+
+def _solver_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--solver", choices=solvers.BACKENDS, default="cbc",
+                   help="MILP backend for the ILP assigner (default: cbc)")
+    p.add_argument("--algorithm", choices=("auto", "ilp", "greedy"), default="auto",
+                   help="auto uses the ILP up to routing.greedy_threshold routes")
+
+
+# --- shared plumbing --------------------------------------------------------------------------
+
+
+def _snapshot(repo: str, rev: str | None, cache: ParseCache) -> Snapshot:
+    root = Path(repo)
+    if not root.exists():
+        raise UsageError(f"{repo}: no such directory")
+    try:
+        git = gitrepo.open_repo(root)
+    except gitrepo.SourceError:
+        if rev is not None:
+            raise UsageError(f"{repo}: --rev needs a git repository") from None
+        return directory.snapshot(root, cache)
+    try:
+        return gitrepo.snapshot(git, rev or "HEAD", cache)
+    except gitrepo.SourceError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _report(findings: Sequence[loading.Finding], snap: Snapshot, fmt: str) -> int:
+    diagnostics = loading.locate(findings, snap.raw(sorted({f.path for f in findings})))
+    if fmt == "json":
+        _print_json({"ok": False, "diagnostics": [d.to_json() for d in diagnostics]})
+    for d in diagnostics:
+        print(d.render(), file=sys.stderr)
+    print(f"{len(diagnostics)} error(s)", file=sys.stderr)
+    return INVALID
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _load_graph(path: str) -> inventory.Graph:
+    try:
+        graph = inventory.Graph.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: not a graph file ({exc})") from None
+    return graph
+
+
+def _plan(args: argparse.Namespace, cache: ParseCache, *, rev: str | None,
+          base: inventory.Graph) -> planner.Result:
+    snap = _snapshot(args.repo, rev, cache)
+    origin = plan_mod.Provenance(repo=snap.repo, commit=snap.commit,
+                                 created_at=snap.created_at, backend="")
+    try:
+        return planner.make_plan(snap.files, base=base, solve=solvers.solver(args.solver),
+                                 backend=args.solver, origin=origin, algorithm=args.algorithm)
+    except planner.Rejected as exc:
+        raise _Invalid(exc.findings, snap) from None
+
+
+class _Invalid(Exception):
+    def __init__(self, findings: Sequence[loading.Finding], snap: Snapshot) -> None:
+        super().__init__("invalid input")
+        self.findings, self.snap = findings, snap
+
+
+def _invalid_guard(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except _Invalid as exc:
+            return _report(exc.findings, exc.snap, getattr(args, "format", "text"))
+    return guarded
+
+
+# --- validate ---------------------------------------------------------------------------------
+
+
+def _register_validate(p: argparse.ArgumentParser) -> None:
+    _source_args(p)
+    _format_arg(p, ("text", "json"))
+
+
+def validate(args: argparse.Namespace) -> int:
+    snap = _snapshot(args.repo, args.rev, ParseCache())
+    try:
+        desired = planner.validate(snap.files)
+    except planner.Rejected as exc:
+        return _report(exc.findings, snap, args.format)
+    summary = {"ok": True, "symbols": len(desired.symbols), "routes": len(desired.routes),
+               "policy_hash": desired.policy_hash, "commit": snap.commit}
+    if args.format == "json":
+        _print_json(summary)
+    else:
+        where = f" at {snap.commit[:12]}" if snap.commit else ""
+        print(f"ok: {summary['symbols']} symbols, {summary['routes']} routes{where}")
+    return OK
+
+
+# --- plan -------------------------------------------------------------------------------------
+
+
+def _register_plan(p: argparse.ArgumentParser) -> None:
+    _source_args(p)
+    base = p.add_mutually_exclusive_group()
+    base.add_argument("--base", metavar="REV", help="plan against the desired state of REV")
+    base.add_argument("--observed", metavar="FILE", help="plan against an observed graph JSON")
+    p.add_argument("--out", metavar="FILE", help="also write the plan JSON to FILE")
+    p.add_argument("--graph-out", metavar="FILE", help="also write the desired graph JSON")
+    _format_arg(p)
+    _solver_args(p)
+
+
+def _base(args: argparse.Namespace, cache: ParseCache) -> inventory.Graph:
+    if args.observed:
+        return _load_graph(args.observed)
+    if args.base:
+        return _plan(args, cache, rev=args.base, base=inventory.EMPTY).desired.graph
+    return inventory.EMPTY
+
+
+def plan(args: argparse.Namespace) -> int:
+    cache = ParseCache()
+    result = _plan(args, cache, rev=args.rev, base=_base(args, cache))
+    document = result.plan.to_json()
+    if args.out:
+        _write_json(args.out, document)
+    if args.graph_out:
+        _write_json(args.graph_out, result.desired.graph.to_json())
+    _emit(result.plan, args.format)
+    return OK
+
+
+def _write_json(path: str, value: Any) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(target)  # atomic: a reader never sees half a plan
+
+
+def _emit(built: plan_mod.Plan, fmt: str, *, title: str = "RTT plan") -> None:
+    if fmt == "json":
+        _print_json(built.to_json())
+    elif fmt == "markdown":
+        sys.stdout.write(render.markdown(built, title=title))
+    else:
+        sys.stdout.write(render.text(built))
+
+
+# --- show -------------------------------------------------------------------------------------
+
+
+def _register_show(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", metavar="PLAN", help="a plan JSON file written by `rtt plan --out`")
+    _format_arg(p)
+
+
+def show(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(Path(args.plan).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{args.plan}: {exc.strerror}") from None
+    except ValueError as exc:
+        print(f"{args.plan}:1: plan-format: not JSON ({exc})", file=sys.stderr)
+        return INVALID
+    try:
+        loaded = plan_mod.load(data)
+    except plan_mod.PlanFormatError as exc:
+        print(f"{args.plan}:1: plan-format: {exc}", file=sys.stderr)
+        return INVALID
+    _emit(loaded, args.format)
+    return OK
+
+
+# --- diff -------------------------------------------------------------------------------------
+
+
+def _register_diff(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", default=".", help="git repository (default: .)")
+    p.add_argument("--base", required=True, metavar="REV")
+    p.add_argument("--head", default="HEAD", metavar="REV")
+    _format_arg(p, default="markdown")
+    _solver_args(p)
+
+
+def diff(args: argparse.Namespace) -> int:
+    cache = ParseCache()
+    base = _plan(args, cache, rev=args.base, base=inventory.EMPTY).desired.graph
+    result = _plan(args, cache, rev=args.head, base=base)
+    _emit(result.plan, args.format, title=f"RTT plan: {args.base} → {args.head}")
+    return OK
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
+                          Callable[[argparse.Namespace], int]]] = {
+    "validate": (_register_validate, validate),
+    "plan": (_register_plan, _invalid_guard(plan)),
+    "show": (_register_show, show),
+    "diff": (_register_diff, _invalid_guard(diff)),
+}
+HELP = {
+    "validate": "validate desired/ and policies/ at a revision",
+    "plan": "compute the deterministic, content-addressed plan",
+    "show": "print a plan file",
+    "diff": "the plan between two revisions, as a pull-request comment",
+}

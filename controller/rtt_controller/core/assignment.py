@@ -1,0 +1,62 @@
+"""Lane and placement assignment: the value the assigners produce, and how to score one.
+
+Two assigners fill it: `ilp` (exact, lexicographic, through a solver seam) and `greedy` (large
+graphs, keeps unchanged routes). Called by the planner pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from rtt_controller.core import costs, inventory, model
+from rtt_controller.core.graph import Demand
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    lanes: Mapping[tuple[str, str, str], model.Lane]
+    placement: Mapping[str, str]  # saddr -> node, for every endpoint of a demand
+    algorithm: str  # "ilp" or "greedy": part of the plan's content
+    backend: str  # "cbc", "highs" or "greedy": provenance only
+
+
+class Infeasible(Exception):
+    """No assignment satisfies capacity and placement constraints."""
+
+
+def base_placement(base: inventory.Graph) -> dict[str, str]:
+    placement = {}
+    for link in base.links.values():
+        placement[link.from_] = link.from_node
+        placement[link.to] = link.to_node
+    return placement
+
+
+def score(demands: Sequence[Demand], assignment: Assignment, base: inventory.Graph,
+          policy: model.Policy) -> costs.Objective:
+    """The objective of an assignment, as both assigners define it."""
+    prior = base_placement(base)
+    preference = latency = churn = 0
+    for demand in demands:
+        lane = assignment.lanes[demand.key]
+        preference += int(demand.preferred is not None and demand.preferred in demand.lanes
+                          and lane != demand.preferred)
+        latency += costs.latency_cost(demand, lane, policy)
+        old = base.links.get(demand.key)
+        churn += int(old is not None and old.lane != lane.value)
+    for saddr_, node in assignment.placement.items():
+        churn += int(saddr_ in prior and prior[saddr_] != node)
+    return costs.Objective(preference=preference, latency=latency, churn=churn)
+
+
+def links(demands: Sequence[Demand], assignment: Assignment) -> list[inventory.Link]:
+    """The realized links an assignment describes."""
+    return [
+        inventory.Link(
+            from_=d.key[0], to=d.key[1], cls=d.key[2], lane=assignment.lanes[d.key].value,
+            from_node=assignment.placement[d.key[0]], to_node=assignment.placement[d.key[1]],
+            version=d.version, caps=d.caps, latency_budget_ms=d.latency_budget_ms,
+            throughput_qps=d.throughput_qps, backpressure=d.backpressure)
+        for d in demands
+    ]

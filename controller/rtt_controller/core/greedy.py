@@ -1,0 +1,115 @@
+"""The greedy assigner for graphs above `routing.greedy_threshold` routes.
+
+It scales linearly (after a sort) and keeps churn low: a route whose fingerprint (its resolved
+demand and placement) matches its base link keeps the base lane, so an incremental replan moves
+only what changed. New or changed routes take their best lane in order of latency saved per
+ring byte, which is how a knapsack is filled greedily. bench/planner.py measures the gap to the ILP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rtt_controller.core import costs, inventory, model
+from rtt_controller.core.assignment import Assignment, Infeasible, base_placement
+from rtt_controller.core.graph import Demand
+
+
+def assign(demands: Sequence[Demand], policy: model.Policy, base: inventory.Graph) -> Assignment:
+    placement = _place(demands, policy, base)
+    free = {n.name: costs.node_capacity(n) for n in policy.nodes}
+    lanes: dict[tuple[str, str, str], model.Lane] = {}
+    pending = []
+    for d in demands:
+        kept = _kept_lane(d, placement, base)
+        if kept is not None and _reserve(d, kept, placement, free):
+            lanes[d.key] = kept
+        else:
+            pending.append(d)
+    pending.sort(key=lambda d: (-_density(d, policy), d.key))
+    for d in pending:
+        lanes[d.key] = _best_lane(d, placement, free, policy)
+    return Assignment(lanes=lanes, placement=placement, algorithm="greedy", backend="greedy")
+
+
+def fingerprint(d: Demand, from_node: str, to_node: str) -> tuple[object, ...]:
+    """What a base link must still match for its lane to be kept."""
+    return (d.key, from_node, to_node, d.version, d.caps, d.latency_budget_ms,
+            d.throughput_qps, d.backpressure)
+
+
+def _link_fingerprint(link: inventory.Link) -> tuple[object, ...]:
+    return (link.key, link.from_node, link.to_node, link.version, link.caps,
+            link.latency_budget_ms, link.throughput_qps, link.backpressure)
+
+
+def _kept_lane(d: Demand, placement: dict[str, str], base: inventory.Graph) -> model.Lane | None:
+    old = base.links.get(d.key)
+    if old is None or old.lane not in d.lanes:
+        return None
+    if fingerprint(d, placement[d.key[0]], placement[d.key[1]]) != _link_fingerprint(old):
+        return None
+    lane = model.Lane(old.lane)
+    return None if d.preferred in d.lanes and lane != d.preferred else lane
+
+
+def _place(demands: Sequence[Demand], policy: model.Policy, base: inventory.Graph
+           ) -> dict[str, str]:
+    """Fixed nodes first, then base placement, then the node most of a symbol's peers are on."""
+    nodes = [n.name for n in policy.nodes]
+    placement: dict[str, str] = {}
+    for d in demands:
+        for s, n in ((d.key[0], d.from_node), (d.key[1], d.to_node)):
+            if n is not None:
+                placement[s] = n
+    prior = base_placement(base)
+    peers: dict[str, dict[str, int]] = {}
+    for d in demands:
+        for s, other in ((d.key[0], d.key[1]), (d.key[1], d.key[0])):
+            peers.setdefault(s, {}).setdefault(other, 0)
+            peers[s][other] += d.throughput_qps
+    for s in sorted(peers):
+        if s in placement:
+            continue
+        if prior.get(s) in nodes:
+            placement[s] = prior[s]
+            continue
+        votes = dict.fromkeys(nodes, 0)
+        for other, qps in peers[s].items():
+            if other in placement:
+                votes[placement[other]] += qps
+        placement[s] = max(nodes, key=lambda n: (votes[n], -nodes.index(n)))
+    return placement
+
+
+def _density(d: Demand, policy: model.Policy) -> float:
+    """Latency saved by shm over the next-best lane, per ring byte."""
+    if model.Lane.SHM not in d.lanes or len(d.lanes) == 1:
+        return 0.0
+    others = [costs.latency_cost(d, lane, policy) for lane in d.lanes if lane != model.Lane.SHM]
+    saved = min(others) - costs.latency_cost(d, model.Lane.SHM, policy)
+    return saved / costs.ring_bytes(d)
+
+
+def _reserve(d: Demand, lane: model.Lane, placement: dict[str, str], free: dict[str, int]) -> bool:
+    if lane is not model.Lane.SHM:
+        return True
+    node, size = placement[d.key[0]], costs.ring_bytes(d)
+    if free[node] < size:
+        return False
+    free[node] -= size
+    return True
+
+
+def _best_lane(d: Demand, placement: dict[str, str], free: dict[str, int],
+               policy: model.Policy) -> model.Lane:
+    local = placement[d.key[0]] == placement[d.key[1]]
+    rank = {lane: k for k, lane in enumerate(policy.routing.prefer)}
+    candidates = sorted(
+        (lane for lane in d.lanes if local or lane not in model.LOCAL_LANES),
+        key=lambda lane: (lane != d.preferred, costs.latency_cost(d, lane, policy), rank[lane]),
+    )
+    for lane in candidates:
+        if _reserve(d, lane, placement, free):
+            return lane
+    raise Infeasible(f"{d.key[0]} -> {d.key[1]}: no lane fits its placement and capacity")

@@ -1,0 +1,116 @@
+"""The route graph as an inventory of links: its content hash, diff and step application.
+
+A `Graph` is what the fabric realizes: every link with its assigned lane and placement. The same
+value is computed for the desired state (by the planner) and read back from the fabric (observed),
+and the two are compared by `Graph.hash`. Flux's inventory has the same role: pure New/Diff/Apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rtt_controller.core import canonical
+
+GRAPH_KIND = "rtt.graph/v1"
+LinkKey = tuple[str, str, str]  # (from, to, class)
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """One realized route. Field names match the JSON written in plans and graph files."""
+
+    from_: str
+    to: str
+    cls: str
+    lane: str
+    from_node: str
+    to_node: str
+    version: str
+    caps: tuple[str, ...]
+    latency_budget_ms: float
+    throughput_qps: int
+    backpressure: str
+
+    @property
+    def key(self) -> LinkKey:
+        return (self.from_, self.to, self.cls)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": self.from_, "to": self.to, "class": self.cls, "lane": self.lane,
+            "from_node": self.from_node, "to_node": self.to_node, "version": self.version,
+            "caps": list(self.caps),
+            "qos": {"latency_budget_ms": self.latency_budget_ms,
+                    "throughput_qps": self.throughput_qps, "backpressure": self.backpressure},
+        }
+
+    @functools.cached_property
+    def digest(self) -> str:
+        # Cached per value: an incremental replan re-hashes only links that changed.
+        return hashlib.sha256(canonical.dumps(self.to_json())).hexdigest()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Link:
+        qos = data["qos"]
+        return cls(from_=str(data["from"]), to=str(data["to"]), cls=str(data["class"]),
+                   lane=str(data["lane"]), from_node=str(data["from_node"]),
+                   to_node=str(data["to_node"]), version=str(data["version"]),
+                   caps=tuple(str(c) for c in data["caps"]),
+                   latency_budget_ms=float(qos["latency_budget_ms"]),
+                   throughput_qps=int(qos["throughput_qps"]),
+                   backpressure=str(qos["backpressure"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Graph:
+    links: Mapping[LinkKey, Link]
+
+    @classmethod
+    def of(cls, links: Iterable[Link]) -> Graph:
+        return cls({link.key: link for link in sorted(links, key=lambda lk: lk.key)})
+
+    @functools.cached_property
+    def hash(self) -> str:
+        """`sha256-<hex>` of the canonical JSON {kind, links: [link digests in key order]}."""
+        digests = [self.links[k].digest for k in sorted(self.links)]
+        return canonical.digest({"kind": GRAPH_KIND, "links": digests})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": GRAPH_KIND, "graph_hash": self.hash,
+                "links": [self.links[k].to_json() for k in sorted(self.links)]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Graph:
+        if data.get("kind") != GRAPH_KIND:
+            raise ValueError(f"expected kind {GRAPH_KIND!r}")
+        return cls.of(Link.from_json(item) for item in data["links"])
+
+
+EMPTY = Graph({})
+
+
+@dataclasses.dataclass(frozen=True)
+class Diff:
+    added: tuple[Link, ...]
+    removed: tuple[Link, ...]
+    changed: tuple[tuple[Link, Link], ...]  # (old, new)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+
+def diff(base: Graph, desired: Graph) -> Diff:
+    """What must change to turn `base` into `desired`, each part in key order."""
+    added = tuple(desired.links[k] for k in sorted(desired.links.keys() - base.links.keys()))
+    removed = tuple(base.links[k] for k in sorted(base.links.keys() - desired.links.keys()))
+    changed = tuple(
+        (base.links[k], desired.links[k])
+        for k in sorted(base.links.keys() & desired.links.keys())
+        if base.links[k] != desired.links[k]
+    )
+    return Diff(added=added, removed=removed, changed=changed)

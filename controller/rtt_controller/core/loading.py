@@ -1,0 +1,216 @@
+"""Loading: desired-state and policy files (path + bytes) into validated, frozen values.
+
+Pure: the caller (a source seam: git tree or directory) hands in bytes. Every problem becomes a
+`Finding` that points into the file by a structural location; `locate` turns those into line
+numbers only when they are reported, so the fast path never builds a YAML node tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+import pydantic
+import yaml
+
+from rtt_controller.core import model
+from rtt_controller.core.diagnostics import Diagnostic, Rule
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+SYMBOLS_DIR = "desired/symbols/"
+ROUTES_DIR = "desired/routes/"
+POLICIES_DIR = "policies/"
+YAML_SUFFIXES = (".yaml", ".yml")
+
+Loc = tuple[str | int, ...]
+T = TypeVar("T")
+
+_Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finding:
+    """A problem at a structural location in a file; `locate` resolves it to a line."""
+
+    path: str
+    loc: Loc
+    rule: Rule
+    message: str
+    line: int | None = None  # known already for syntax and encoding errors
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry(Generic[T]):
+    """A validated list entry and where it came from (`loc` is (top key, index))."""
+
+    value: T
+    path: str
+    loc: Loc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ParsedFile:
+    """What one file contributed. Cached by (path, blob id) by the source seams."""
+
+    path: str
+    symbols: tuple[Entry[model.Symbol], ...] = ()
+    routes: tuple[Entry[model.Route], ...] = ()
+    policy: tuple[tuple[str, Any], ...] = ()  # (top-level key, validated value)
+    findings: tuple[Finding, ...] = ()
+
+
+def is_state_file(path: str) -> bool:
+    return path.endswith(YAML_SUFFIXES) and path.startswith((SYMBOLS_DIR, ROUTES_DIR, POLICIES_DIR))
+
+
+def parse_file(path: str, data: bytes) -> ParsedFile:
+    """Parse and validate one file. Never raises for bad content."""
+    if len(data) > MAX_FILE_BYTES:
+        return _fail(path, Rule.FILE_TOO_LARGE,
+                     f"file is {len(data)} bytes; the limit is {MAX_FILE_BYTES}", 1)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return _fail(path, Rule.NOT_UTF8, f"byte 0x{data[exc.start]:02x} is not valid UTF-8", line)
+    try:
+        document = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader, C or Python
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return _fail(path, Rule.YAML_SYNTAX, str(problem), line)
+    except RecursionError:
+        return _fail(path, Rule.YAML_SYNTAX, "document nests too deeply", 1)
+    if path.startswith(SYMBOLS_DIR):
+        symbols, findings = _entries(path, document, "symbols", model.Symbol)
+        return ParsedFile(path=path, symbols=symbols, findings=findings)
+    if path.startswith(ROUTES_DIR):
+        routes, findings = _entries(path, document, "routes", model.Route)
+        return ParsedFile(path=path, routes=routes, findings=findings)
+    return _policy(path, document)
+
+
+def _fail(path: str, rule: Rule, message: str, line: int) -> ParsedFile:
+    return ParsedFile(path=path, findings=(Finding(path, (), rule, message, line),))
+
+
+def _entries(path: str, document: Any, key: str, cls: type[T]
+             ) -> tuple[tuple[Entry[T], ...], tuple[Finding, ...]]:
+    if not isinstance(document, Mapping) or key not in document:
+        return (), (Finding(path, (), Rule.MISSING_FIELD, f"expected a mapping with `{key}:`"),)
+    findings = [Finding(path, (k,), Rule.UNKNOWN_FIELD, f"unknown top-level key {k!r}")
+                for k in document if k != key]
+    items = document[key]
+    if not isinstance(items, list):
+        findings.append(Finding(path, (key,), Rule.SCHEMA, f"`{key}` must be a list"))
+        return (), tuple(findings)
+    entries = []
+    validator = pydantic.TypeAdapter(cls)
+    for index, item in enumerate(items):
+        try:
+            value = validator.validate_python(item)
+        except pydantic.ValidationError as exc:
+            findings.extend(_from_pydantic(path, (key, index), exc))
+            continue
+        entries.append(Entry(value=value, path=path, loc=(key, index)))
+    return tuple(entries), tuple(findings)
+
+
+_POLICY_ADAPTERS = {
+    name: pydantic.TypeAdapter(field.annotation) for name, field in model.Policy.model_fields.items()
+}
+
+
+def _policy(path: str, document: Any) -> ParsedFile:
+    if document is None:
+        return ParsedFile(path=path)
+    if not isinstance(document, Mapping):
+        return ParsedFile(path=path, findings=(
+            Finding(path, (), Rule.SCHEMA, "a policy file is a mapping of policy sections"),))
+    parts, findings = [], []
+    for key, value in document.items():
+        adapter = _POLICY_ADAPTERS.get(key) if isinstance(key, str) else None
+        if adapter is None:
+            findings.append(Finding(path, (str(key),), Rule.UNKNOWN_FIELD,
+                                    f"unknown policy section {key!r}; known: "
+                                    + ", ".join(model.POLICY_KEYS)))
+            continue
+        try:
+            parts.append((key, adapter.validate_python(value)))
+        except pydantic.ValidationError as exc:
+            findings.extend(_from_pydantic(path, (key,), exc))
+    return ParsedFile(path=path, policy=tuple(parts), findings=tuple(findings))
+
+
+_RULE_BY_ERROR = {
+    "extra_forbidden": Rule.UNKNOWN_FIELD,
+    "missing": Rule.MISSING_FIELD,
+    "bad_saddr": Rule.BAD_SADDR,
+    "bad_version": Rule.BAD_VERSION,
+}
+
+
+def _from_pydantic(path: str, prefix: Loc, exc: pydantic.ValidationError) -> list[Finding]:
+    findings = []
+    for error in exc.errors(include_url=False):
+        loc = prefix + tuple(error["loc"])
+        rule = _RULE_BY_ERROR.get(error["type"], Rule.SCHEMA)
+        field = ".".join(str(part) for part in loc)
+        if rule is Rule.UNKNOWN_FIELD:
+            message = f"unknown field `{field}`"
+        elif rule is Rule.MISSING_FIELD:
+            message = f"missing field `{field}`"
+        else:
+            message = f"`{field}`: {error['msg']}"
+        findings.append(Finding(path, loc, rule, message))
+    return findings
+
+
+# --- locating -------------------------------------------------------------------------------
+
+
+def locate(findings: Iterable[Finding], files: Mapping[str, bytes]) -> list[Diagnostic]:
+    """Resolve findings to `path:line` diagnostics, composing each file's YAML at most once."""
+    trees: dict[str, Any] = {}
+    out = []
+    for f in findings:
+        line = f.line
+        if line is None:
+            if f.path not in trees:
+                trees[f.path] = _compose(files.get(f.path, b""))
+            line = _line_of(trees[f.path], f.loc)
+        out.append(Diagnostic(f.path, line, f.rule, f.message))
+    return sorted(out)
+
+
+def _compose(data: bytes) -> Any:
+    try:
+        return yaml.compose(data.decode("utf-8"), Loader=_Loader)
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def _line_of(node: Any, loc: Sequence[str | int]) -> int:
+    """The line of the deepest node along `loc`; 1 when the file has no usable tree."""
+    if node is None:
+        return 1
+    line = node.start_mark.line + 1
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == str(part):
+                    # A missing field reports at its parent; an unknown field at its key.
+                    line = key_node.start_mark.line + 1
+                    child = value_node
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if 0 <= part < len(node.value):
+                child = node.value[part]
+        if child is None:
+            break
+        node = child
+        line = node.start_mark.line + 1 if not isinstance(node, yaml.ScalarNode) else line
+    return line

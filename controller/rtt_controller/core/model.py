@@ -1,0 +1,254 @@
+"""The desired-state model: frozen pydantic values for symbols, routes and policy.
+
+Field validators enforce the local shape of each value (addresses, versions, enums). Relations
+between values (unknown symbols, version meets, ACL, ...) are checked later by `graph`.
+Called by `loading`, which maps pydantic errors to located diagnostics.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal
+
+import pydantic
+from pydantic_core import PydanticCustomError
+
+from rtt_controller.core import saddr as saddr_mod
+from rtt_controller.core import versions
+
+
+class Lane(enum.StrEnum):
+    SHM = "shm"
+    UDS = "uds"
+    TCP = "tcp"
+
+
+LOCAL_LANES = frozenset({Lane.SHM, Lane.UDS})  # lanes that need both endpoints on one node
+ALL_LANES = (Lane.SHM, Lane.UDS, Lane.TCP)
+
+
+class RouteClass(enum.StrEnum):
+    P2P = "p2p"
+    BUS = "bus"
+
+
+class Backpressure(enum.StrEnum):
+    TAILDROP = "taildrop"
+    MARK = "mark"
+    NACK = "nack"
+    BUFFER = "buffer"
+
+
+def _check_saddr(value: str) -> str:
+    if not saddr_mod.is_saddr(value):
+        raise PydanticCustomError("bad_saddr", "{value!r} is not rtt://<domain>/<kind>/<name>",
+                                  {"value": value})
+    return value
+
+
+def _check_glob(value: str) -> str:
+    problem = saddr_mod.check_glob(value)
+    if problem is not None:
+        raise PydanticCustomError("bad_saddr", problem)
+    return value
+
+
+def _check_version(value: str) -> str:
+    try:
+        versions.parse_version(value)
+    except ValueError as exc:
+        raise PydanticCustomError("bad_version", str(exc)) from None
+    return value
+
+
+def _check_range(value: str) -> str:
+    try:
+        versions.parse_range(value)
+    except ValueError as exc:
+        raise PydanticCustomError("bad_version", str(exc)) from None
+    return value
+
+
+Saddr = Annotated[str, pydantic.AfterValidator(_check_saddr)]
+SaddrGlob = Annotated[str, pydantic.AfterValidator(_check_glob)]
+VersionText = Annotated[str, pydantic.AfterValidator(_check_version)]
+RangeText = Annotated[str, pydantic.AfterValidator(_check_range)]
+Name = Annotated[str, pydantic.StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
+Cap = Annotated[str, pydantic.StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.:-]*$", max_length=64)]
+
+
+class Frozen(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class Symbol(Frozen):
+    """An endpoint a service exposes."""
+
+    saddr: Saddr
+    type: Name
+    version: VersionText | tuple[VersionText, ...]
+    caps: tuple[Cap, ...]
+    node: Name | None = None
+    lanes: tuple[Lane, ...] = ALL_LANES
+
+    def offered(self) -> tuple[versions.Version, ...]:
+        texts = (self.version,) if isinstance(self.version, str) else self.version
+        return tuple(versions.parse_version(t) for t in texts)
+
+
+class Qos(Frozen):
+    """Per-route quality of service; any field left out comes from `qos_defaults`."""
+
+    latency_budget_ms: Annotated[float, pydantic.Field(gt=0, le=60_000)] | None = None
+    throughput_qps: Annotated[int, pydantic.Field(gt=0, le=100_000_000)] | None = None
+    backpressure: Backpressure | None = None
+
+
+class Route(Frozen):
+    """A desired link from one symbol to another."""
+
+    from_: Saddr = pydantic.Field(alias="from")
+    to: Saddr
+    lane: Lane | None = None
+    class_: RouteClass = pydantic.Field(default=RouteClass.P2P, alias="class")
+    version: RangeText = "*"
+    caps: tuple[Cap, ...] | None = None
+    qos: Qos = Qos()
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.from_, self.to, self.class_.value)
+
+
+# --- policy ---------------------------------------------------------------------------------
+
+
+class AclRule(Frozen):
+    from_: SaddrGlob = pydantic.Field(alias="from")
+    to: SaddrGlob
+    action: Literal["allow", "deny"]
+
+
+class Acl(Frozen):
+    """First matching rule wins; `default` applies when none matches."""
+
+    default: Literal["allow", "deny"] = "deny"
+    rules: tuple[AclRule, ...] = ()
+
+
+class Types(Frozen):
+    allowed_pairs: tuple[tuple[Name, Name], ...]
+
+
+class QosDefaults(Frozen):
+    latency_budget_ms: Annotated[float, pydantic.Field(gt=0, le=60_000)] = 10.0
+    throughput_qps: Annotated[int, pydantic.Field(gt=0, le=100_000_000)] = 1_000
+    backpressure: Backpressure = Backpressure.TAILDROP
+
+
+class Pin(Frozen):
+    """Pins routes matching (from, to) globs to a lane; the pin is a hard constraint."""
+
+    from_: SaddrGlob = pydantic.Field(alias="from")
+    to: SaddrGlob = "rtt://**"
+    lane: Lane
+
+
+class FanoutLimit(Frozen):
+    from_: SaddrGlob = pydantic.Field(alias="from")
+    max: Annotated[int, pydantic.Field(ge=1)]
+
+
+class Fanout(Frozen):
+    default_max: Annotated[int, pydantic.Field(ge=1)] = 16
+    limits: tuple[FanoutLimit, ...] = ()
+
+
+class Routing(Frozen):
+    prefer: tuple[Lane, ...] = ALL_LANES
+    pins: tuple[Pin, ...] = ()
+    fanout: Fanout = Fanout()
+    failover: dict[Lane, tuple[Lane, ...]] = pydantic.Field(default_factory=dict)
+    greedy_threshold: Annotated[int, pydantic.Field(ge=0)] = 1_000
+
+    @pydantic.field_validator("prefer")
+    @classmethod
+    def _distinct(cls, value: tuple[Lane, ...]) -> tuple[Lane, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("prefer lists each lane at most once and at least one lane")
+        return value
+
+
+class Node(Frozen):
+    """A fabric host. `shm_mb` bounds the shared-memory ring bytes placed on it."""
+
+    name: Name
+    shm_mb: Annotated[int, pydantic.Field(ge=0)] = 256
+    numa_nodes: Annotated[int, pydantic.Field(ge=1)] = 1
+
+
+class LaneModel(Frozen):
+    """The planner's cost model for one lane: predicted latency and per-link capacity."""
+
+    latency_us: Annotated[int, pydantic.Field(ge=0)]
+    max_qps: Annotated[int, pydantic.Field(gt=0)]
+
+
+DEFAULT_LANE_MODELS = {
+    Lane.SHM: LaneModel(latency_us=2, max_qps=5_000_000),
+    Lane.UDS: LaneModel(latency_us=15, max_qps=400_000),
+    Lane.TCP: LaneModel(latency_us=60, max_qps=200_000),
+}
+
+
+class Rollout(Frozen):
+    steps: tuple[Annotated[int, pydantic.Field(gt=0, le=100)], ...] = (10, 50, 100)
+    window_s: Annotated[float, pydantic.Field(gt=0)] = 10.0
+    min_samples: Annotated[int, pydantic.Field(ge=1)] = 100
+    failure_threshold: Annotated[int, pydantic.Field(ge=1)] = 1
+    on_inconclusive: Literal["wait", "pause", "rollback"] = "wait"
+    batch_size: Annotated[int, pydantic.Field(ge=1)] = 64
+
+    @pydantic.field_validator("steps")
+    @classmethod
+    def _increasing(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or list(value) != sorted(set(value)) or value[-1] != 100:
+            raise ValueError("steps must strictly increase and end at 100")
+        return value
+
+
+class TrustKey(Frozen):
+    key_id: Name
+    public_key: str
+
+
+class SigstoreIdentity(Frozen):
+    issuer: str
+    san: str | None = None
+    repository: str | None = None
+    ref: str | None = None
+
+
+class Trust(Frozen):
+    strict_manifests: bool = True
+    allow_unsigned: tuple[SaddrGlob, ...] = ()
+    keys: tuple[TrustKey, ...] = ()
+    sigstore_identities: tuple[SigstoreIdentity, ...] = ()
+    trusted_root: str = "production"
+    clock_skew_s: Annotated[int, pydantic.Field(ge=0, le=3600)] = 30
+
+
+class Policy(Frozen):
+    """The merged policy. Each top-level key comes from exactly one file under policies/."""
+
+    acl: Acl = Acl()
+    types: Types | None = None
+    qos_defaults: QosDefaults = QosDefaults()
+    routing: Routing = Routing()
+    nodes: tuple[Node, ...] = (Node(name="local"),)
+    lanes: dict[Lane, LaneModel] = pydantic.Field(default_factory=lambda: dict(DEFAULT_LANE_MODELS))
+    rollout: Rollout = Rollout()
+    trust: Trust = Trust()
+
+
+POLICY_KEYS = tuple(Policy.model_fields)

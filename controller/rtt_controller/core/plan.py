@@ -1,0 +1,94 @@
+"""The plan format: content (content-addressed), provenance (signed later, not addressed).
+
+`plan_id = "sha256-" + hex(sha256(RFC 8785 JSON of content))`. The content holds what the plan does
+and what it was computed from; provenance holds where and when it came from. Called by the planner
+pipeline (build), by the CLI (show, render) and later by signing and the coordinator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rtt_controller.core import canonical
+from rtt_controller.core.steps import Step, step_ids
+
+PLAN_KIND = "rtt.plan/v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    repo: str | None
+    commit: str | None
+    created_at: str | None  # the commit's time, RFC 3339 UTC; never the wall clock
+    backend: str  # the solver that ran (cbc, highs, greedy); the algorithm is in the content
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": {"repo": self.repo, "commit": self.commit},
+                "created_at": self.created_at, "solver_backend": self.backend}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    plan_id: str
+    content: Mapping[str, Any]
+    provenance: Provenance
+    steps: tuple[Step, ...]  # in plan order; content["order"] holds their ids
+
+    def to_json(self) -> dict[str, Any]:
+        return {"plan_id": self.plan_id, "content": self.content,
+                "provenance": self.provenance.to_json(), "sign": None}
+
+    @property
+    def empty(self) -> bool:
+        return not self.steps
+
+
+def build(*, ordered: Sequence[Step], batches: Sequence[Sequence[int]], base_hash: str,
+          desired_hash: str, policy_hash: str, planner_version: str, algorithm: str,
+          objective: Mapping[str, int], provenance: Provenance) -> Plan:
+    ids = step_ids(ordered)
+    content = {
+        "kind": PLAN_KIND,
+        "planner": {"version": planner_version, "algorithm": algorithm},
+        "base_graph_hash": base_hash,
+        "desired_graph_hash": desired_hash,
+        "policy_hash": policy_hash,
+        "objective": dict(objective),
+        "routes_add": [s.link.to_json() for s in ordered if s.op == "add"],
+        "routes_del": [s.link.to_json() for s in ordered if s.op == "del"],
+        "routes_change": [{"old": s.old.to_json(), "new": s.link.to_json()}
+                          for s in ordered if s.op == "update" and s.old is not None],
+        "steps": {i: {**s.to_json(), "inverse": s.inverse().to_json()}
+                  for i, s in zip(ids, ordered, strict=True)},
+        "order": ids,
+        "batches": [[ids[i] for i in batch] for batch in batches],
+    }
+    return Plan(plan_id=canonical.digest(content), content=content, provenance=provenance,
+                steps=tuple(ordered))
+
+
+class PlanFormatError(ValueError):
+    """A plan file that does not parse or whose id does not match its content."""
+
+
+def load(data: Mapping[str, Any]) -> Plan:
+    """Read a plan written by `Plan.to_json`, checking its content address."""
+    try:
+        content = data["content"]
+        if content.get("kind") != PLAN_KIND:
+            raise PlanFormatError(f"not an {PLAN_KIND} plan")
+        if canonical.digest(content) != data["plan_id"]:
+            raise PlanFormatError("plan_id does not match the plan's content")
+        steps = tuple(Step.from_json(content["steps"][i]) for i in content["order"])
+        prov = data.get("provenance") or {}
+        source = prov.get("source") or {}
+        provenance = Provenance(repo=source.get("repo"), commit=source.get("commit"),
+                                created_at=prov.get("created_at"),
+                                backend=str(prov.get("solver_backend", "")))
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, PlanFormatError):
+            raise
+        raise PlanFormatError(f"malformed plan: {exc!r}") from None
+    return Plan(plan_id=data["plan_id"], content=content, provenance=provenance, steps=steps)

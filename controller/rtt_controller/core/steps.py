@@ -1,0 +1,96 @@
+"""Plan steps, their inverses, and applying steps to a graph.
+
+A step adds, deletes or updates one link; its inverse undoes it exactly, so rolling a plan back is
+applying the inverses of the committed batches in reverse order. Called by ordering, plan, and tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable
+from typing import Any
+
+from rtt_controller.core import inventory
+
+
+class Op(enum.StrEnum):
+    ADD = "add"
+    DEL = "del"
+    UPDATE = "update"
+
+
+_ID_PREFIX = {Op.ADD: "A", Op.DEL: "D", Op.UPDATE: "U"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    op: Op
+    link: inventory.Link  # the link after the step (for DEL: the link removed)
+    old: inventory.Link | None = None  # UPDATE only: the link before
+
+    @property
+    def key(self) -> inventory.LinkKey:
+        return self.link.key
+
+    def sort_key(self) -> tuple[str, str, str, str, str]:
+        """The canonical secondary key: (from, type, to, version), then class."""
+        return (self.link.from_, self.op.value, self.link.to, self.link.version, self.link.cls)
+
+    def inverse(self) -> Step:
+        if self.op is Op.ADD:
+            return Step(Op.DEL, self.link)
+        if self.op is Op.DEL:
+            return Step(Op.ADD, self.link)
+        assert self.old is not None
+        return Step(Op.UPDATE, self.old, self.link)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": self.op.value, "link": self.link.to_json()}
+        if self.old is not None:
+            out["old"] = self.old.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Step:
+        old = inventory.Link.from_json(data["old"]) if "old" in data else None
+        return cls(Op(data["op"]), inventory.Link.from_json(data["link"]), old)
+
+
+def from_diff(d: inventory.Diff) -> list[Step]:
+    return ([Step(Op.DEL, link) for link in d.removed]
+            + [Step(Op.ADD, link) for link in d.added]
+            + [Step(Op.UPDATE, new, old) for old, new in d.changed])
+
+
+def step_ids(ordered: Iterable[Step]) -> list[str]:
+    """Ids like A1, D1, U1: op letter and position among that op's steps in plan order."""
+    counts = dict.fromkeys(Op, 0)
+    ids = []
+    for step in ordered:
+        counts[step.op] += 1
+        ids.append(f"{_ID_PREFIX[step.op]}{counts[step.op]}")
+    return ids
+
+
+class Conflict(Exception):
+    """A step does not apply to the graph it was given (the graph is not the plan's base)."""
+
+
+def apply(graph: inventory.Graph, steps: Iterable[Step]) -> inventory.Graph:
+    links = dict(graph.links)
+    for step in steps:
+        present = links.get(step.key)
+        if step.op is Op.ADD:
+            if present is not None:
+                raise Conflict(f"add {step.key}: link already present")
+            links[step.key] = step.link
+        elif step.op is Op.DEL:
+            if present != step.link:
+                raise Conflict(f"del {step.key}: link absent or different")
+            del links[step.key]
+        else:
+            if present != step.old:
+                raise Conflict(f"update {step.key}: link absent or different")
+            links[step.key] = step.link
+    return inventory.Graph(dict(sorted(links.items())))

@@ -1,0 +1,69 @@
+"""Git source seam: read desired/ and policies/ from any commit of a local repo, without checkout.
+
+Uses pygit2 on the object database directly; each blob is parsed once per process (ParseCache).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator
+from pathlib import Path
+
+import pygit2
+
+from rtt_controller.core import loading
+from rtt_controller.source.snapshot import ParseCache, Snapshot
+
+_ROOTS = ("desired", "policies")
+
+
+class SourceError(Exception):
+    """The repository or revision cannot be read."""
+
+
+def open_repo(path: str | Path) -> pygit2.Repository:
+    found = pygit2.discover_repository(str(path))
+    if found is None:
+        raise SourceError(f"{path}: not inside a git repository")
+    return pygit2.Repository(found)
+
+
+def resolve(repo: pygit2.Repository, rev: str) -> pygit2.Commit:
+    try:
+        obj = repo.revparse_single(rev)
+        commit = obj.peel(pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError) as exc:
+        raise SourceError(f"{rev}: not a commit in {repo.workdir or repo.path} ({exc})") from None
+    return commit
+
+
+def commit_time(commit: pygit2.Commit) -> str:
+    """The committer time in UTC, RFC 3339: the plan's `created_at` (never the wall clock)."""
+    moment = datetime.datetime.fromtimestamp(commit.commit_time, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Iterator[tuple[str, str]]:
+    for entry in tree:
+        path = f"{prefix}{entry.name}"
+        if entry.type_str == "tree":
+            yield from _walk(repo, repo[entry.id], path + "/")
+        elif entry.type_str == "blob" and loading.is_state_file(path):
+            yield path, str(entry.id)
+
+
+def snapshot(repo: pygit2.Repository, rev: str, cache: ParseCache) -> Snapshot:
+    commit = resolve(repo, rev)
+    blobs: dict[str, str] = {}
+    for root in _ROOTS:
+        if root in commit.tree:
+            sub = repo[commit.tree[root].id]
+            if isinstance(sub, pygit2.Tree):
+                blobs.update(_walk(repo, sub, root + "/"))
+
+    def read(path: str) -> bytes:
+        return bytes(repo[blobs[path]].data) if path in blobs else b""
+
+    files = [cache.get(path, oid, lambda p=path: read(p)) for path, oid in sorted(blobs.items())]
+    return Snapshot(files=files, read=read, repo=str(repo.workdir or repo.path),
+                    commit=str(commit.id), created_at=commit_time(commit))
