@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from rtt_controller import solvers
 from rtt_controller.cli.exits import INVALID, OK, UsageError
 from rtt_controller.core import inventory, loading, planner, render
@@ -70,9 +72,14 @@ def _report(findings: Sequence[loading.Finding], snap: Snapshot, fmt: str) -> in
     return INVALID
 
 
+def _json_bytes(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
 def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True, ensure_ascii=False)
-    sys.stdout.write("\n")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(_json_bytes(value))
+    sys.stdout.buffer.flush()
 
 
 def _load_graph(path: str) -> inventory.Graph:
@@ -174,7 +181,7 @@ def _write_json(path: str, value: Any) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.write_bytes(_json_bytes(value))
     tmp.replace(target)  # atomic: a reader never sees half a plan
 
 

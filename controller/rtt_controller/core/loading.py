@@ -107,7 +107,7 @@ def _entries(path: str, document: Any, key: str, cls: type[T]
         findings.append(Finding(path, (key,), Rule.SCHEMA, f"`{key}` must be a list"))
         return (), tuple(findings)
     entries = []
-    validator = pydantic.TypeAdapter(cls)
+    validator = _ENTRY_ADAPTERS[cls]
     for index, item in enumerate(items):
         try:
             value = validator.validate_python(item)
@@ -118,6 +118,10 @@ def _entries(path: str, document: Any, key: str, cls: type[T]
     return tuple(entries), tuple(findings)
 
 
+_ENTRY_ADAPTERS: dict[type[Any], pydantic.TypeAdapter[Any]] = {
+    model.Symbol: pydantic.TypeAdapter(model.Symbol),
+    model.Route: pydantic.TypeAdapter(model.Route),
+}
 _POLICY_ADAPTERS = {
     name: pydantic.TypeAdapter(field.annotation) for name, field in model.Policy.model_fields.items()
 }

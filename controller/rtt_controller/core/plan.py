@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rtt_controller.core import canonical
-from rtt_controller.core.steps import Step, step_ids
+from rtt_controller.core import canonical, inventory
+from rtt_controller.core.steps import Op, Step, step_ids
 
 PLAN_KIND = "rtt.plan/v1"
 
@@ -45,10 +45,25 @@ class Plan:
         return not self.steps
 
 
+_SECTION = {Op.ADD: "routes_add", Op.DEL: "routes_del", Op.UPDATE: "routes_change"}
+
+
 def build(*, ordered: Sequence[Step], batches: Sequence[Sequence[int]], base_hash: str,
           desired_hash: str, policy_hash: str, planner_version: str, algorithm: str,
           objective: Mapping[str, int], provenance: Provenance) -> Plan:
+    """Assemble the content. Each link is written once, in its routes_* section; a step names
+    its op, the entry it applies (`section/index`) and its inverse op on that same entry."""
     ids = step_ids(ordered)
+    sections: dict[str, list[Any]] = {name: [] for name in _SECTION.values()}
+    steps: dict[str, Any] = {}
+    for step_id, step in zip(ids, ordered, strict=True):
+        section = sections[_SECTION[step.op]]
+        steps[step_id] = {"op": step.op.value, "ref": f"{_SECTION[step.op]}/{len(section)}",
+                          "inverse": step.inverse().op.value}
+        if step.op is Op.UPDATE and step.old is not None:
+            section.append({"old": step.old.to_json(), "new": step.link.to_json()})
+        else:
+            section.append(step.link.to_json())
     content = {
         "kind": PLAN_KIND,
         "planner": {"version": planner_version, "algorithm": algorithm},
@@ -56,17 +71,27 @@ def build(*, ordered: Sequence[Step], batches: Sequence[Sequence[int]], base_has
         "desired_graph_hash": desired_hash,
         "policy_hash": policy_hash,
         "objective": dict(objective),
-        "routes_add": [s.link.to_json() for s in ordered if s.op == "add"],
-        "routes_del": [s.link.to_json() for s in ordered if s.op == "del"],
-        "routes_change": [{"old": s.old.to_json(), "new": s.link.to_json()}
-                          for s in ordered if s.op == "update" and s.old is not None],
-        "steps": {i: {**s.to_json(), "inverse": s.inverse().to_json()}
-                  for i, s in zip(ids, ordered, strict=True)},
+        **sections,
+        "steps": steps,
         "order": ids,
         "batches": [[ids[i] for i in batch] for batch in batches],
     }
     return Plan(plan_id=canonical.digest(content), content=content, provenance=provenance,
                 steps=tuple(ordered))
+
+
+def _step(content: Mapping[str, Any], entry: Mapping[str, Any]) -> Step:
+    section, index = entry["ref"].split("/")
+    op = Op(entry["op"])
+    if _SECTION[op] != section:
+        raise PlanFormatError(f"step {entry} refers to the wrong section")
+    item = content[section][int(index)]
+    if op is Op.UPDATE:
+        return Step(op, inventory.Link.from_json(item["new"]), inventory.Link.from_json(item["old"]))
+    step = Step(op, inventory.Link.from_json(item))
+    if step.inverse().op.value != entry["inverse"]:
+        raise PlanFormatError(f"step {entry} has an inverse that does not undo it")
+    return step
 
 
 class PlanFormatError(ValueError):
@@ -81,7 +106,7 @@ def load(data: Mapping[str, Any]) -> Plan:
             raise PlanFormatError(f"not an {PLAN_KIND} plan")
         if canonical.digest(content) != data["plan_id"]:
             raise PlanFormatError("plan_id does not match the plan's content")
-        steps = tuple(Step.from_json(content["steps"][i]) for i in content["order"])
+        steps = tuple(_step(content, content["steps"][i]) for i in content["order"])
         prov = data.get("provenance") or {}
         source = prov.get("source") or {}
         provenance = Provenance(repo=source.get("repo"), commit=source.get("commit"),

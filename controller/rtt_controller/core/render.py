@@ -46,8 +46,11 @@ def text(plan: Plan) -> str:
         lines.append(f"batch {n}:")
         for step_id in batch:
             step = c["steps"][step_id]
+            section, index = step["ref"].split("/")
+            entry = c[section][int(index)]
+            shown = _change(entry) if step["op"] == "update" else _link(entry)
             sign = {"add": "+", "del": "-", "update": "~"}[step["op"]]
-            lines.append(f"  {step_id:>5} {sign} {_link(step['link'])}")
+            lines.append(f"  {step_id:>5} {sign} {shown}")
     return "\n".join(lines) + "\n"
 
 

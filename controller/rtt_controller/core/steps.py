@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterable
-from typing import Any
-
 from rtt_controller.core import inventory
 
 
@@ -44,17 +42,6 @@ class Step:
             return Step(Op.ADD, self.link)
         assert self.old is not None
         return Step(Op.UPDATE, self.old, self.link)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"op": self.op.value, "link": self.link.to_json()}
-        if self.old is not None:
-            out["old"] = self.old.to_json()
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Step:
-        old = inventory.Link.from_json(data["old"]) if "old" in data else None
-        return cls(Op(data["op"]), inventory.Link.from_json(data["link"]), old)
 
 
 def from_diff(d: inventory.Diff) -> list[Step]:

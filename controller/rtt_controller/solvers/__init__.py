@@ -7,8 +7,11 @@ optimum while the next is minimised. Called by the CLI and, later, the reconcile
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import pulp
 
@@ -44,6 +47,20 @@ def _command(backend: str, time_limit_s: float) -> pulp.LpSolver:
         return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=1)
 
 
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """HiGHS prints its banner to fd 1 from C++ even with msg=False; stdout carries our JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _solve(model: ilp.IlpModel, backend: str, time_limit_s: float) -> dict[str, int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -63,7 +80,8 @@ def _solve(model: ilp.IlpModel, backend: str, time_limit_s: float) -> dict[str, 
             continue
         objective = pulp.lpSum(coef * variables[v] for v, coef in terms)
         prob.setObjective(objective)
-        prob.solve(cmd)
+        with _quiet_stdout():
+            prob.solve(cmd)
         # A time-limited HiGHS run reports status Optimal; sol_status tells a proven optimum.
         if prob.status == pulp.LpStatusInfeasible:
             raise assignment.Infeasible("no lane assignment fits node capacities and placement")
@@ -74,5 +92,6 @@ def _solve(model: ilp.IlpModel, backend: str, time_limit_s: float) -> dict[str, 
         prob += objective <= best, f"lex{stage}"
     if not any(model.objectives):
         prob.setObjective(pulp.lpSum([]))
-        prob.solve(cmd)
+        with _quiet_stdout():
+            prob.solve(cmd)
     return {name: round(var.value() or 0) for name, var in variables.items()}
