@@ -42,10 +42,11 @@ def generate(routes: int, *, seed: int = 7, placed: float = 0.7, nodes: int | No
         symbol(f"rtt://app{h // 50}/hook/h{h}", "hook")
     lines: list[str] = []
     for h in range(n_hooks):
-        lines.append(_route(rng, f"rtt://app{h // 50}/hook/h{h}", n_api, "p2p"))
-    for r in range(n_bus_routes):
-        b = r % n_bus
-        lines.append(_route(rng, f"rtt://bus{b // 20}/bus/b{b}", n_api, "bus", salt=r))
+        lines.append(_route(rng, f"rtt://app{h // 50}/hook/h{h}", rng.randrange(n_api), "p2p"))
+    fanout = [n_bus_routes // n_bus + (b < n_bus_routes % n_bus) for b in range(n_bus)]
+    for b, count in enumerate(fanout):
+        for a in rng.sample(range(n_api), count):  # distinct targets: one route per pair
+            lines.append(_route(rng, f"rtt://bus{b // 20}/bus/b{b}", a, "bus"))
     files = {}
     for k in range(0, len(symbols), ROUTES_PER_FILE):
         files[f"desired/symbols/s{k // ROUTES_PER_FILE:04d}.yaml"] = \
@@ -66,8 +67,7 @@ def generate(routes: int, *, seed: int = 7, placed: float = 0.7, nodes: int | No
     return files
 
 
-def _route(rng: random.Random, src: str, n_api: int, cls: str, salt: int = 0) -> str:
-    a = (rng.randrange(n_api) + salt) % n_api
+def _route(rng: random.Random, src: str, a: int, cls: str) -> str:
     qps = rng.choice([100, 500, 1000, 5000, 20000, 50000])
     budget = rng.choice([1, 2, 5, 10, 50])
     return (f"  - {{from: {src}, to: rtt://svc{a // 20}/api/a{a}, class: {cls}, version: ^1,"

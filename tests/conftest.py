@@ -1,11 +1,11 @@
-"""Shared fixtures: the shipped example, and throwaway git repositories driven by the real git CLI."""
+"""Shared fixtures: the shipped example, and scratch git repositories driven by the real git CLI."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,12 +50,12 @@ class Repo:
 
 
 @pytest.fixture
-def make_repo(tmp_path: Path) -> Iterator[Callable[[str], Repo]]:
+def make_repo(tmp_path: Path) -> Callable[[str], Repo]:
     def factory(name: str = "repo") -> Repo:
         path = tmp_path / name
         path.mkdir()
         return Repo(path)
-    yield factory
+    return factory
 
 
 @pytest.fixture

@@ -90,11 +90,3 @@ class Diagnostic:
             "message": self.message,
             "hint": self.hint or HINTS.get(self.rule, ""),
         }
-
-
-class InvalidInput(Exception):
-    """Raised at a stage boundary when diagnostics make further work meaningless."""
-
-    def __init__(self, diagnostics: list[Diagnostic]) -> None:
-        super().__init__(f"{len(diagnostics)} validation error(s)")
-        self.diagnostics = sorted(diagnostics)

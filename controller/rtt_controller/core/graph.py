@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
 import networkx as nx
 
@@ -41,13 +42,13 @@ def resolve(state: DesiredState) -> tuple[list[Demand], list[Finding]]:
     findings: list[Finding] = []
     policy = state.policy
     nodes = {n.name for n in policy.nodes}
-    for entry in state.symbols.values():
-        if entry.value.node is not None and entry.value.node not in nodes:
-            findings.append(_at(entry, Rule.UNKNOWN_NODE,
-                                f"node {entry.value.node!r} is not declared in policy `nodes`"))
+    for sym in state.symbols.values():
+        if sym.value.node is not None and sym.value.node not in nodes:
+            findings.append(_at(sym, Rule.UNKNOWN_NODE,
+                                f"node {sym.value.node!r} is not declared in policy `nodes`"))
     demands = []
-    for entry in state.routes:
-        demand = _resolve_route(entry, state, findings)
+    for route in state.routes:
+        demand = _resolve_route(route, state, findings)
         if demand is not None:
             demands.append(demand)
     findings.extend(_check_active_links(state.routes))
@@ -56,7 +57,7 @@ def resolve(state: DesiredState) -> tuple[list[Demand], list[Finding]]:
     return demands, findings
 
 
-def _at(entry: Entry[object], rule: Rule, message: str) -> Finding:
+def _at(entry: Entry[Any], rule: Rule, message: str) -> Finding:
     return Finding(entry.path, entry.loc, rule, message)
 
 
@@ -184,7 +185,7 @@ def _check_fanout(routes: Iterable[Entry[model.Route]], fanout: model.Fanout) ->
 def _check_cycles(routes: Iterable[Entry[model.Route]]) -> list[Finding]:
     """Routes are wired downstream-first, so they must form a DAG; report each cycle once."""
     graph: nx.DiGraph = nx.DiGraph()
-    entries = {}
+    entries: dict[tuple[str, str], Entry[model.Route]] = {}
     for entry in routes:
         graph.add_edge(entry.value.from_, entry.value.to)
         entries.setdefault((entry.value.from_, entry.value.to), entry)

@@ -58,7 +58,8 @@ def formulate(demands: Sequence[Demand], policy: model.Policy,
     nodes = [n.name for n in policy.nodes]
     fixed = _fixed_placement(demands)
     unplaced = sorted({s for d in demands for s in (d.key[0], d.key[1]) if s not in fixed})
-    place = {s: {n: b.var(f"p{i}_{j}") for j, n in enumerate(nodes)} for i, s in enumerate(unplaced)}
+    place = {s: {n: b.var(f"p{i}_{j}") for j, n in enumerate(nodes)}
+             for i, s in enumerate(unplaced)}
     for s in unplaced:
         b.add([(v, 1) for v in place[s].values()], "==", 1)
 

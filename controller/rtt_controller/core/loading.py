@@ -66,6 +66,20 @@ def is_state_file(path: str) -> bool:
 
 def parse_file(path: str, data: bytes) -> ParsedFile:
     """Parse and validate one file. Never raises for bad content."""
+    document = _read(path, data)
+    if isinstance(document, ParsedFile):
+        return document
+    if path.startswith(SYMBOLS_DIR):
+        symbols, findings = _entries(path, document, "symbols", model.Symbol)
+        return ParsedFile(path=path, symbols=symbols, findings=findings)
+    if path.startswith(ROUTES_DIR):
+        routes, findings = _entries(path, document, "routes", model.Route)
+        return ParsedFile(path=path, routes=routes, findings=findings)
+    return _policy(path, document)
+
+
+def _read(path: str, data: bytes) -> Any:
+    """The YAML document in `data`, or a failed ParsedFile for size, encoding or syntax."""
     if len(data) > MAX_FILE_BYTES:
         return _fail(path, Rule.FILE_TOO_LARGE,
                      f"file is {len(data)} bytes; the limit is {MAX_FILE_BYTES}", 1)
@@ -83,13 +97,7 @@ def parse_file(path: str, data: bytes) -> ParsedFile:
         return _fail(path, Rule.YAML_SYNTAX, str(problem), line)
     except RecursionError:
         return _fail(path, Rule.YAML_SYNTAX, "document nests too deeply", 1)
-    if path.startswith(SYMBOLS_DIR):
-        symbols, findings = _entries(path, document, "symbols", model.Symbol)
-        return ParsedFile(path=path, symbols=symbols, findings=findings)
-    if path.startswith(ROUTES_DIR):
-        routes, findings = _entries(path, document, "routes", model.Route)
-        return ParsedFile(path=path, routes=routes, findings=findings)
-    return _policy(path, document)
+    return document
 
 
 def _fail(path: str, rule: Rule, message: str, line: int) -> ParsedFile:
@@ -123,7 +131,8 @@ _ENTRY_ADAPTERS: dict[type[Any], pydantic.TypeAdapter[Any]] = {
     model.Route: pydantic.TypeAdapter(model.Route),
 }
 _POLICY_ADAPTERS = {
-    name: pydantic.TypeAdapter(field.annotation) for name, field in model.Policy.model_fields.items()
+    name: pydantic.TypeAdapter(field.annotation)  # type: ignore[arg-type]  # always annotated
+    for name, field in model.Policy.model_fields.items()
 }
 
 
@@ -200,19 +209,18 @@ def _line_of(node: Any, loc: Sequence[str | int]) -> int:
     """The line of the deepest node along `loc`; 1 when the file has no usable tree."""
     if node is None:
         return 1
-    line = node.start_mark.line + 1
+    line: int = node.start_mark.line + 1
     for part in loc:
         child = None
         if isinstance(node, yaml.MappingNode):
+            # A missing field reports at its parent; an unknown field at its key.
             for key_node, value_node in node.value:
                 if key_node.value == str(part):
-                    # A missing field reports at its parent; an unknown field at its key.
-                    line = key_node.start_mark.line + 1
-                    child = value_node
+                    line, child = key_node.start_mark.line + 1, value_node
                     break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if 0 <= part < len(node.value):
-                child = node.value[part]
+        elif (isinstance(node, yaml.SequenceNode) and isinstance(part, int)
+              and 0 <= part < len(node.value)):
+            child = node.value[part]
         if child is None:
             break
         node = child

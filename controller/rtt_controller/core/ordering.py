@@ -58,7 +58,7 @@ def batches(ordered: Sequence[Step], *, size: int) -> list[list[int]]:
     current: list[int] = []
     touched: set[tuple[str, ...]] = set()
     for i, step in enumerate(ordered):
-        marks = {("link", *step.key)}
+        marks: set[tuple[str, ...]] = {("link", *step.key)}
         if step.link.cls == model.RouteClass.P2P:
             marks.add(("slot", step.link.from_))
         if current and (len(current) >= size or marks & touched):

@@ -87,7 +87,8 @@ def _step(content: Mapping[str, Any], entry: Mapping[str, Any]) -> Step:
         raise PlanFormatError(f"step {entry} refers to the wrong section")
     item = content[section][int(index)]
     if op is Op.UPDATE:
-        return Step(op, inventory.Link.from_json(item["new"]), inventory.Link.from_json(item["old"]))
+        old = inventory.Link.from_json(item["old"])
+        return Step(op, inventory.Link.from_json(item["new"]), old)
     step = Step(op, inventory.Link.from_json(item))
     if step.inverse().op.value != entry["inverse"]:
         raise PlanFormatError(f"step {entry} has an inverse that does not undo it")

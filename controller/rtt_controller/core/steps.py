@@ -1,7 +1,7 @@
 """Plan steps, their inverses, and applying steps to a graph.
 
-A step adds, deletes or updates one link; its inverse undoes it exactly, so rolling a plan back is
-applying the inverses of the committed batches in reverse order. Called by ordering, plan, and tests.
+A step adds, deletes or updates one link; its inverse undoes it exactly, so rolling a plan back
+is applying the inverses of the committed batches in reverse order. Called by ordering and plan.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterable
+
 from rtt_controller.core import inventory
 
 

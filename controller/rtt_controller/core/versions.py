@@ -60,7 +60,7 @@ def _expand(op: str, text: str) -> tuple[_Bound, ...]:
     if match is None:
         raise ValueError(f"{text!r} is not a version")
     given = [int(g) for g in match.groups() if g is not None]
-    major, minor, patch = (given + [0, 0, 0])[:3]
+    major, minor, patch = [*given, 0, 0, 0][:3]
     low = (major, minor, patch)
     if op == "^":
         if major > 0 or len(given) == 1:
@@ -82,9 +82,9 @@ def _expand(op: str, text: str) -> tuple[_Bound, ...]:
 
 def parse_range(text: str) -> Range:
     """Parse a range such as `^1.2`, `~1.4.0`, `>=1.0 <2`, `>=1.0, <2 || ^3`, or `*`."""
-    alternatives = []
-    for alt in text.split("||"):
-        alt = alt.strip()
+    alternatives: list[tuple[_Bound, ...]] = []
+    for raw in text.split("||"):
+        alt = raw.strip()
         if alt in ("*", ""):
             if alt == "" and text.strip() != "":
                 raise ValueError(f"empty alternative in range {text!r}")
@@ -106,4 +106,4 @@ def meet(offered: tuple[Version, ...], accepted: Range) -> tuple[Version, ...]:
 
 
 def render(v: Version) -> str:
-    return "%d.%d.%d" % v
+    return f"{v[0]}.{v[1]}.{v[2]}"

@@ -42,7 +42,7 @@ def _command(backend: str, time_limit_s: float) -> pulp.LpSolver:
         if backend == "highs":
             cmd = pulp.HiGHS(msg=False, timeLimit=time_limit_s, threads=1)
             if not cmd.available():
-                raise SolverUnavailable("HiGHS needs the `highspy` package (pip install rtt[highs])")
+                raise SolverUnavailable("HiGHS needs `highspy` (pip install 'rtt[highs]')")
             return cmd
         return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=1)
 

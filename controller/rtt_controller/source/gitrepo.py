@@ -6,6 +6,7 @@ Uses pygit2 on the object database directly; each blob is parsed once per proces
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Iterator[t
     for entry in tree:
         path = f"{prefix}{entry.name}"
         if entry.type_str == "tree":
-            yield from _walk(repo, repo[entry.id], path + "/")
+            sub = repo[entry.id]
+            assert isinstance(sub, pygit2.Tree)
+            yield from _walk(repo, sub, path + "/")
         elif entry.type_str == "blob" and loading.is_state_file(path):
             yield path, str(entry.id)
 
@@ -62,8 +65,10 @@ def snapshot(repo: pygit2.Repository, rev: str, cache: ParseCache) -> Snapshot:
                 blobs.update(_walk(repo, sub, root + "/"))
 
     def read(path: str) -> bytes:
-        return bytes(repo[blobs[path]].data) if path in blobs else b""
+        blob = repo[blobs[path]] if path in blobs else None
+        return bytes(blob.data) if isinstance(blob, pygit2.Blob) else b""
 
-    files = [cache.get(path, oid, lambda p=path: read(p)) for path, oid in sorted(blobs.items())]
+    files = [cache.get(path, oid, functools.partial(read, path))
+             for path, oid in sorted(blobs.items())]
     return Snapshot(files=files, read=read, repo=str(repo.workdir or repo.path),
                     commit=str(commit.id), created_at=commit_time(commit))

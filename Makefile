@@ -1,0 +1,43 @@
+# The two entry points of the README. Everything they need is installed from hash-pinned locks.
+#   make run    set up, then validate and plan the shipped example (desired/ + policies/)
+#   make test   set up, then lint, type-check, check layer contracts and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint pytest bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.dev: requirements-dev.lock $(VENV)/.runtime
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	touch $@
+
+cue/node_modules/.package-lock.json: cue/package-lock.json
+	npm ci --prefix cue --no-audit --no-fund --loglevel=error
+
+run: $(VENV)/.runtime
+	$(BIN)/rtt validate
+	$(BIN)/rtt plan
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+pytest: $(VENV)/.dev cue/node_modules/.package-lock.json
+	$(BIN)/python -m pytest -q
+
+test: lint pytest
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench.planner
+
+clean:
+	rm -rf $(VENV) cue/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
