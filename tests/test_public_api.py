@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 
 import pytest
 
@@ -23,6 +24,4 @@ def test_all_is_the_public_api(name):
 
 
 def test_the_version_is_the_distribution_version():
-    from importlib import metadata
-
     assert rtt_controller.__version__ == metadata.version("rtt")

@@ -3,66 +3,91 @@
 Everything that is hashed (plans, graphs, policy) goes through `dumps`, which emits RFC 8785 (JCS)
 canonical JSON, so the same value gives the same bytes in any process on any machine.
 
-The `rfc8785` package is the reference but is pure Python and dominated plan time at 10k routes.
-For the values RTT hashes (ASCII keys, strings, ints, floats of ordinary magnitude) the stdlib's C
-JSON encoder gives identical bytes once integral floats are written as ints, so `dumps` takes that
-path and falls back to `rfc8785` for anything else. tests/controller/test_canonical.py checks the
-two agree on arbitrary JSON values.
+The `rfc8785` package is the reference, but it is pure Python and dominated plan time at 10k
+routes. This encoder produces the same bytes faster: the stdlib's C string escaper (which escapes
+exactly what JCS escapes when non-ASCII is left literal), keys sorted by UTF-16 code units as JCS
+requires, and numbers written per JCS (integral floats as integers; other floats take the
+reference's formatting). It also accepts `Raw` fragments, already-canonical bytes, so a plan can
+embed each link's canonical JSON, computed once for the graph hash, instead of re-encoding it.
+tests/controller/test_canonical.py checks the encoder against the reference on arbitrary values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
+import json.encoder
 import math
 from typing import Any
 
 import rfc8785
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-                            allow_nan=False)
+_escape = json.encoder.encode_basestring  # C-accelerated; escapes ", \ and controls as JCS does
+_MAX_SAFE = 2**53
 
 
-class _NeedsReference(Exception):
-    """The value holds something the fast path does not encode exactly as JCS does."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Raw:
+    """Bytes that are already the canonical JSON of some value."""
+
+    data: bytes
 
 
-def _normalize(value: Any) -> Any:
-    if isinstance(value, str) or value is None or isinstance(value, bool):
-        return value
+def _utf16(key: str) -> bytes:
+    return key.encode("utf-16-be", "surrogatepass")
+
+
+def _number(value: int | float) -> str:
     if isinstance(value, int):
-        if abs(value) >= 2**53:
-            raise _NeedsReference
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _NeedsReference
-        if value.is_integer():
-            if abs(value) >= 2**53:
-                raise _NeedsReference
-            return int(value)
-        text = repr(value)
-        if "e" in text or "E" in text:  # exponent thresholds differ between Python and JCS
-            raise _NeedsReference
-        return value
+        if abs(value) >= _MAX_SAFE:
+            raise rfc8785.IntegerDomainError(value)
+        return int.__repr__(value)
+    if not math.isfinite(value):
+        raise rfc8785.FloatDomainError(value)
+    if value.is_integer() and abs(value) < _MAX_SAFE:
+        return int.__repr__(int(value))
+    return rfc8785.dumps(value).decode("ascii")
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str):
+        return _escape(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return _number(value)
+    raise rfc8785.CanonicalizationError(f"cannot serialize {type(value).__name__}")
+
+
+def _encode(value: Any, out: list[str]) -> None:
     if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str) or not key.isascii():  # JCS sorts by UTF-16 units
-                raise _NeedsReference
-            out[key] = _normalize(item)
-        return out
-    if isinstance(value, list | tuple):
-        return [_normalize(item) for item in value]
-    raise _NeedsReference
+        if not all(isinstance(key, str) for key in value):
+            raise rfc8785.CanonicalizationError("object keys must be strings")
+        out.append("{")
+        for n, key in enumerate(sorted(value, key=_utf16)):
+            out.append("," + _escape(key) + ":" if n else _escape(key) + ":")
+            _encode(value[key], out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for n, item in enumerate(value):
+            if n:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+    elif isinstance(value, Raw):
+        out.append(value.data.decode("utf-8"))
+    else:
+        out.append(_scalar(value))
 
 
 def dumps(value: Any) -> bytes:
-    """RFC 8785 canonical JSON bytes of a JSON-compatible value."""
-    try:
-        return _ENCODER.encode(_normalize(value)).encode("utf-8")
-    except _NeedsReference:
-        return rfc8785.dumps(value)
+    """RFC 8785 canonical JSON bytes of a JSON-compatible value (which may embed `Raw`)."""
+    out: list[str] = []
+    _encode(value, out)
+    return "".join(out).encode("utf-8", "surrogatepass")
 
 
 def digest(value: Any) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import networkx as nx
@@ -37,8 +37,30 @@ class Demand:
     to_node: str | None
 
 
-def resolve(state: DesiredState) -> tuple[list[Demand], list[Finding]]:
+class Memo:
+    """Results of earlier `resolve` calls, for a long-running caller (the reconcile loop).
+
+    Parsed files come from a cache keyed by blob id, so an unchanged file yields the very same
+    `Entry` objects in the next snapshot. The memo keys on that identity: a route whose entry and
+    endpoint symbol entries are the same objects, under the same policy, resolves as before. The
+    set-wide checks (active links, fan-out, cycles) depend only on the set of route keys, so a
+    change that keeps the keys (a QoS edit) skips them. Pure: it only remembers values.
+    """
+
+    def __init__(self) -> None:
+        self.policy_hash = ""
+        self.routes: dict[int, tuple[Any, ...]] = {}
+        self.valid_keys: frozenset[tuple[str, str, str]] = frozenset()
+
+    def scope(self, policy_hash: str) -> None:
+        if policy_hash != self.policy_hash:
+            self.policy_hash, self.routes, self.valid_keys = policy_hash, {}, frozenset()
+
+
+def resolve(state: DesiredState, memo: Memo | None = None) -> tuple[list[Demand], list[Finding]]:
     """Check every route and return the demands of those that pass, plus all findings."""
+    memo = memo or Memo()
+    memo.scope(state.policy_hash)
     findings: list[Finding] = []
     policy = state.policy
     nodes = {n.name for n in policy.nodes}
@@ -46,14 +68,27 @@ def resolve(state: DesiredState) -> tuple[list[Demand], list[Finding]]:
         if sym.value.node is not None and sym.value.node not in nodes:
             findings.append(_at(sym, Rule.UNKNOWN_NODE,
                                 f"node {sym.value.node!r} is not declared in policy `nodes`"))
-    demands = []
+    demands, seen = [], {}
     for route in state.routes:
-        demand = _resolve_route(route, state, findings)
+        src, dst = state.symbols.get(route.value.from_), state.symbols.get(route.value.to)
+        hit = memo.routes.get(id(route))
+        if hit is not None and hit[0] is route and hit[1] is src and hit[2] is dst:
+            demand, found = hit[3], hit[4]
+        else:
+            found = []
+            demand = _resolve_route(route, state, found)
+        seen[id(route)] = (route, src, dst, demand, found)
+        findings.extend(found)
         if demand is not None:
             demands.append(demand)
-    findings.extend(_check_active_links(state.routes))
-    findings.extend(_check_fanout(state.routes, policy.routing.fanout))
-    findings.extend(_check_cycles(state.routes))
+    memo.routes = seen  # drop what this state no longer holds
+    keys = frozenset(route.value.key for route in state.routes)
+    if keys != memo.valid_keys:
+        set_findings = (_check_active_links(state.routes)
+                        + _check_fanout(state.routes, policy.routing.fanout)
+                        + _check_cycles(state.routes))
+        findings.extend(set_findings)
+        memo.valid_keys = keys if not set_findings else frozenset()
     return demands, findings
 
 
@@ -182,8 +217,29 @@ def _check_fanout(routes: Iterable[Entry[model.Route]], fanout: model.Fanout) ->
     return findings
 
 
-def _check_cycles(routes: Iterable[Entry[model.Route]]) -> list[Finding]:
+def _is_acyclic(edges: Iterable[tuple[str, str]]) -> bool:
+    """Kahn's algorithm on plain dicts: the common, valid case costs one linear pass."""
+    succ: dict[str, list[str]] = collections.defaultdict(list)
+    indegree: collections.Counter[str] = collections.Counter()
+    for src, dst in edges:
+        succ[src].append(dst)
+        indegree[dst] += 1
+    ready = [n for n in succ if not indegree[n]]
+    seen = 0
+    while ready:
+        node = ready.pop()
+        seen += 1
+        for nxt in succ.get(node, ()):
+            indegree[nxt] -= 1
+            if not indegree[nxt]:
+                ready.append(nxt)
+    return seen == len(succ.keys() | indegree.keys())
+
+
+def _check_cycles(routes: Sequence[Entry[model.Route]]) -> list[Finding]:
     """Routes are wired downstream-first, so they must form a DAG; report each cycle once."""
+    if _is_acyclic((e.value.from_, e.value.to) for e in routes):
+        return []
     graph: nx.DiGraph = nx.DiGraph()
     entries: dict[tuple[str, str], Entry[model.Route]] = {}
     for entry in routes:

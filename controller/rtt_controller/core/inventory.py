@@ -40,6 +40,11 @@ class Link:
         return (self.from_, self.to, self.cls)
 
     def to_json(self) -> dict[str, Any]:
+        """The link as JSON; cached per value, so callers must not mutate it."""
+        return self._json
+
+    @functools.cached_property
+    def _json(self) -> dict[str, Any]:
         return {
             "from": self.from_, "to": self.to, "class": self.cls, "lane": self.lane,
             "from_node": self.from_node, "to_node": self.to_node, "version": self.version,
@@ -49,9 +54,14 @@ class Link:
         }
 
     @functools.cached_property
+    def canonical(self) -> bytes:
+        """RFC 8785 JSON of the link; cached, and embedded as-is when a plan is hashed."""
+        return canonical.dumps(self.to_json())
+
+    @functools.cached_property
     def digest(self) -> str:
         # Cached per value: an incremental replan re-hashes only links that changed.
-        return hashlib.sha256(canonical.dumps(self.to_json())).hexdigest()
+        return hashlib.sha256(self.canonical).hexdigest()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Link:
@@ -111,6 +121,6 @@ def diff(base: Graph, desired: Graph) -> Diff:
     changed = tuple(
         (base.links[k], desired.links[k])
         for k in sorted(base.links.keys() & desired.links.keys())
-        if base.links[k] != desired.links[k]
+        if base.links[k] is not desired.links[k] and base.links[k] != desired.links[k]
     )
     return Diff(added=added, removed=removed, changed=changed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import pydantic
 import yaml
@@ -26,7 +26,22 @@ YAML_SUFFIXES = (".yaml", ".yml")
 Loc = tuple[str | int, ...]
 T = TypeVar("T")
 
-_Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Base: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_Base):  # type: ignore[misc]
+    """The safe loader, refusing duplicate mapping keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"duplicate key {key_node.value!r}", key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,8 +145,14 @@ _ENTRY_ADAPTERS: dict[type[Any], pydantic.TypeAdapter[Any]] = {
     model.Symbol: pydantic.TypeAdapter(model.Symbol),
     model.Route: pydantic.TypeAdapter(model.Route),
 }
-_POLICY_ADAPTERS = {
-    name: pydantic.TypeAdapter(field.annotation)  # type: ignore[arg-type]  # always annotated
+# Each section validates alone, with its field's constraints (kept in `metadata`, not in the
+# bare annotation), so a file holding some sections is checked exactly as the merged Policy is.
+def _section_type(field: Any) -> Any:
+    return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+
+
+_POLICY_ADAPTERS: dict[str, pydantic.TypeAdapter[Any]] = {
+    name: pydantic.TypeAdapter(_section_type(field))
     for name, field in model.Policy.model_fields.items()
 }
 

@@ -75,10 +75,16 @@ VersionText = Annotated[str, pydantic.AfterValidator(_check_version)]
 RangeText = Annotated[str, pydantic.AfterValidator(_check_range)]
 Name = Annotated[str, pydantic.StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
 Cap = Annotated[str, pydantic.StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.:-]*$", max_length=64)]
+LatencyMs = Annotated[float, pydantic.Strict(), pydantic.Field(gt=0, le=60_000)]
+Qps = Annotated[int, pydantic.Strict(), pydantic.Field(gt=0, le=100_000_000)]
+Percent = Annotated[int, pydantic.Strict(), pydantic.Field(gt=0, le=100)]
 
 
 class Frozen(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=False)
+    # Numbers and booleans are strict (Strict() on each field): YAML already types them, and
+    # "5" or `true` where a number belongs is a mistake to report, not to coerce. Enums stay lax
+    # because YAML gives them as strings.
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
 
 class Symbol(Frozen):
@@ -86,10 +92,10 @@ class Symbol(Frozen):
 
     saddr: Saddr
     type: Name
-    version: VersionText | tuple[VersionText, ...]
+    version: VersionText | Annotated[tuple[VersionText, ...], pydantic.Field(min_length=1)]
     caps: tuple[Cap, ...]
     node: Name | None = None
-    lanes: tuple[Lane, ...] = ALL_LANES
+    lanes: Annotated[tuple[Lane, ...], pydantic.Field(min_length=1)] = ALL_LANES
 
     def offered(self) -> tuple[versions.Version, ...]:
         texts = (self.version,) if isinstance(self.version, str) else self.version
@@ -99,8 +105,8 @@ class Symbol(Frozen):
 class Qos(Frozen):
     """Per-route quality of service; any field left out comes from `qos_defaults`."""
 
-    latency_budget_ms: Annotated[float, pydantic.Field(gt=0, le=60_000)] | None = None
-    throughput_qps: Annotated[int, pydantic.Field(gt=0, le=100_000_000)] | None = None
+    latency_budget_ms: LatencyMs | None = None
+    throughput_qps: Qps | None = None
     backpressure: Backpressure | None = None
 
 
@@ -141,8 +147,8 @@ class Types(Frozen):
 
 
 class QosDefaults(Frozen):
-    latency_budget_ms: Annotated[float, pydantic.Field(gt=0, le=60_000)] = 10.0
-    throughput_qps: Annotated[int, pydantic.Field(gt=0, le=100_000_000)] = 1_000
+    latency_budget_ms: LatencyMs = 10.0
+    throughput_qps: Qps = 1_000
     backpressure: Backpressure = Backpressure.TAILDROP
 
 
@@ -156,11 +162,11 @@ class Pin(Frozen):
 
 class FanoutLimit(Frozen):
     from_: SaddrGlob = pydantic.Field(alias="from")
-    max: Annotated[int, pydantic.Field(ge=1)]
+    max: Annotated[int, pydantic.Strict(), pydantic.Field(ge=1)]
 
 
 class Fanout(Frozen):
-    default_max: Annotated[int, pydantic.Field(ge=1)] = 16
+    default_max: Annotated[int, pydantic.Strict(), pydantic.Field(ge=1)] = 16
     limits: tuple[FanoutLimit, ...] = ()
 
 
@@ -169,7 +175,7 @@ class Routing(Frozen):
     pins: tuple[Pin, ...] = ()
     fanout: Fanout = Fanout()
     failover: dict[Lane, tuple[Lane, ...]] = pydantic.Field(default_factory=dict)
-    greedy_threshold: Annotated[int, pydantic.Field(ge=0)] = 1_000
+    greedy_threshold: Annotated[int, pydantic.Strict(), pydantic.Field(ge=0)] = 1_000
 
     @pydantic.field_validator("prefer")
     @classmethod
@@ -183,15 +189,15 @@ class Node(Frozen):
     """A fabric host. `shm_mb` bounds the shared-memory ring bytes placed on it."""
 
     name: Name
-    shm_mb: Annotated[int, pydantic.Field(ge=0)] = 256
-    numa_nodes: Annotated[int, pydantic.Field(ge=1)] = 1
+    shm_mb: Annotated[int, pydantic.Strict(), pydantic.Field(ge=0)] = 256
+    numa_nodes: Annotated[int, pydantic.Strict(), pydantic.Field(ge=1)] = 1
 
 
 class LaneModel(Frozen):
     """The planner's cost model for one lane: predicted latency and per-link capacity."""
 
-    latency_us: Annotated[int, pydantic.Field(ge=0)]
-    max_qps: Annotated[int, pydantic.Field(gt=0)]
+    latency_us: Annotated[int, pydantic.Strict(), pydantic.Field(ge=0)]
+    max_qps: Annotated[int, pydantic.Strict(), pydantic.Field(gt=0)]
 
 
 DEFAULT_LANE_MODELS = {
@@ -202,12 +208,12 @@ DEFAULT_LANE_MODELS = {
 
 
 class Rollout(Frozen):
-    steps: tuple[Annotated[int, pydantic.Field(gt=0, le=100)], ...] = (10, 50, 100)
-    window_s: Annotated[float, pydantic.Field(gt=0)] = 10.0
-    min_samples: Annotated[int, pydantic.Field(ge=1)] = 100
-    failure_threshold: Annotated[int, pydantic.Field(ge=1)] = 1
+    steps: tuple[Percent, ...] = (10, 50, 100)
+    window_s: Annotated[float, pydantic.Strict(), pydantic.Field(gt=0)] = 10.0
+    min_samples: Annotated[int, pydantic.Strict(), pydantic.Field(ge=1)] = 100
+    failure_threshold: Annotated[int, pydantic.Strict(), pydantic.Field(ge=1)] = 1
     on_inconclusive: Literal["wait", "pause", "rollback"] = "wait"
-    batch_size: Annotated[int, pydantic.Field(ge=1)] = 64
+    batch_size: Annotated[int, pydantic.Strict(), pydantic.Field(ge=1)] = 64
 
     @pydantic.field_validator("steps")
     @classmethod
@@ -230,12 +236,12 @@ class SigstoreIdentity(Frozen):
 
 
 class Trust(Frozen):
-    strict_manifests: bool = True
+    strict_manifests: Annotated[bool, pydantic.Strict()] = True
     allow_unsigned: tuple[SaddrGlob, ...] = ()
     keys: tuple[TrustKey, ...] = ()
     sigstore_identities: tuple[SigstoreIdentity, ...] = ()
     trusted_root: str = "production"
-    clock_skew_s: Annotated[int, pydantic.Field(ge=0, le=3600)] = 30
+    clock_skew_s: Annotated[int, pydantic.Strict(), pydantic.Field(ge=0, le=3600)] = 30
 
 
 class Policy(Frozen):
@@ -245,7 +251,7 @@ class Policy(Frozen):
     types: Types | None = None
     qos_defaults: QosDefaults = QosDefaults()
     routing: Routing = Routing()
-    nodes: tuple[Node, ...] = (Node(name="local"),)
+    nodes: Annotated[tuple[Node, ...], pydantic.Field(min_length=1)] = (Node(name="local"),)
     lanes: dict[Lane, LaneModel] = pydantic.Field(default_factory=lambda: dict(DEFAULT_LANE_MODELS))
     rollout: Rollout = Rollout()
     trust: Trust = Trust()

@@ -55,15 +55,19 @@ def build(*, ordered: Sequence[Step], batches: Sequence[Sequence[int]], base_has
     its op, the entry it applies (`section/index`) and its inverse op on that same entry."""
     ids = step_ids(ordered)
     sections: dict[str, list[Any]] = {name: [] for name in _SECTION.values()}
+    hashed: dict[str, list[Any]] = {name: [] for name in _SECTION.values()}  # same, as Raw
     steps: dict[str, Any] = {}
     for step_id, step in zip(ids, ordered, strict=True):
-        section = sections[_SECTION[step.op]]
-        steps[step_id] = {"op": step.op.value, "ref": f"{_SECTION[step.op]}/{len(section)}",
+        name = _SECTION[step.op]
+        steps[step_id] = {"op": step.op.value, "ref": f"{name}/{len(sections[name])}",
                           "inverse": step.inverse().op.value}
         if step.op is Op.UPDATE and step.old is not None:
-            section.append({"old": step.old.to_json(), "new": step.link.to_json()})
+            sections[name].append({"old": step.old.to_json(), "new": step.link.to_json()})
+            hashed[name].append({"old": canonical.Raw(step.old.canonical),
+                                 "new": canonical.Raw(step.link.canonical)})
         else:
-            section.append(step.link.to_json())
+            sections[name].append(step.link.to_json())
+            hashed[name].append(canonical.Raw(step.link.canonical))
     content = {
         "kind": PLAN_KIND,
         "planner": {"version": planner_version, "algorithm": algorithm},
@@ -76,8 +80,9 @@ def build(*, ordered: Sequence[Step], batches: Sequence[Sequence[int]], base_has
         "order": ids,
         "batches": [[ids[i] for i in batch] for batch in batches],
     }
-    return Plan(plan_id=canonical.digest(content), content=content, provenance=provenance,
-                steps=tuple(ordered))
+    # The id hashes the same content, with each link's cached canonical bytes embedded.
+    plan_id = canonical.digest({**content, **hashed})
+    return Plan(plan_id=plan_id, content=content, provenance=provenance, steps=tuple(ordered))
 
 
 def _step(content: Mapping[str, Any], entry: Mapping[str, Any]) -> Step:

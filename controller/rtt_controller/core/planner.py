@@ -36,6 +36,17 @@ class Rejected(Exception):
         self.findings = list(findings)
 
 
+@dataclasses.dataclass
+class Memo:
+    """What a long-running caller keeps between plans so a small change costs little.
+
+    Optional everywhere; results never depend on it (tests plan with and without one).
+    """
+
+    resolve: graph_mod.Memo = dataclasses.field(default_factory=graph_mod.Memo)
+    links: assignment.LinkMemo = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass(frozen=True)
 class Desired:
     """A validated desired state with its lanes and placement chosen."""
@@ -62,11 +73,12 @@ def validate(files: Sequence[ParsedFile]) -> state.DesiredState:
 
 
 def desired_graph(files: Sequence[ParsedFile], *, base: inventory.Graph, solve: Solve | None,
-                  backend: str, algorithm: Algorithm = "auto"
+                  backend: str, algorithm: Algorithm = "auto", memo: Memo | None = None
                   ) -> Desired:
     """Validate the desired state and assign lanes and placement."""
+    memo = memo or Memo()
     validated, findings = state.assemble(files)
-    demands, graph_findings = graph_mod.resolve(validated)
+    demands, graph_findings = graph_mod.resolve(validated, memo.resolve)
     findings += graph_findings
     if findings:
         raise Rejected(findings)
@@ -83,13 +95,15 @@ def desired_graph(files: Sequence[ParsedFile], *, base: inventory.Graph, solve: 
         where = next((p.path for p in files for key, _ in p.policy if key == "nodes"), "policies/")
         raise Rejected([Finding(where, ("nodes",), Rule.INFEASIBLE, str(exc))]) from None
     return Desired(state=validated, demands=demands, assignment=chosen,
-                   graph=inventory.Graph.of(assignment.links(demands, chosen)))
+                   graph=inventory.Graph.of(assignment.links(demands, chosen, memo.links)))
 
 
 def make_plan(files: Sequence[ParsedFile], *, base: inventory.Graph, solve: Solve | None,
-              backend: str, origin: plan.Provenance, algorithm: Algorithm = "auto") -> Result:
+              backend: str, origin: plan.Provenance, algorithm: Algorithm = "auto",
+              memo: Memo | None = None) -> Result:
     """Plan `files` against `base`; `origin` is the provenance minus the backend, filled here."""
-    desired = desired_graph(files, base=base, solve=solve, backend=backend, algorithm=algorithm)
+    desired = desired_graph(files, base=base, solve=solve, backend=backend, algorithm=algorithm,
+                            memo=memo)
     policy = desired.state.policy
     ordered = ordering.order(steps.from_diff(inventory.diff(base, desired.graph)))
     objective = assignment.score(desired.demands, desired.assignment, base, policy)

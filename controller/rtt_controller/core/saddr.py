@@ -9,12 +9,12 @@ import functools
 import re
 
 _SEGMENT = r"[a-z0-9][a-z0-9_-]*"
-SADDR_RE = re.compile(rf"^rtt://({_SEGMENT})/({_SEGMENT})/({_SEGMENT})$")
-_GLOB_SEGMENT = re.compile(r"^(\*\*|[a-z0-9_*-]+)$")
+SADDR_RE = re.compile(rf"rtt://({_SEGMENT})/({_SEGMENT})/({_SEGMENT})")  # used with fullmatch
+_GLOB_SEGMENT = re.compile(r"\*\*|[a-z0-9_*-]+")
 
 
 def is_saddr(text: str) -> bool:
-    return SADDR_RE.match(text) is not None
+    return SADDR_RE.fullmatch(text) is not None
 
 
 def domain(saddr: str) -> str:
@@ -32,7 +32,7 @@ def check_glob(pattern: str) -> str | None:
         return f"glob {pattern!r} must start with rtt://"
     segments = pattern[len("rtt://") :].split("/")
     for seg in segments:
-        if not _GLOB_SEGMENT.match(seg):
+        if not _GLOB_SEGMENT.fullmatch(seg):
             return f"glob {pattern!r} has an invalid segment {seg!r}"
     return None
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 import dataclasses
 import re
 
-_VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
-_PARTIAL_RE = re.compile(r"^(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?$")
-_COMPARATOR_RE = re.compile(r"^(\^|~|>=|<=|>|<|==|=)?\s*(\S+)$")
+# ASCII digits only, matched whole (fullmatch): "1.1\u0663.0" or a trailing newline is no version.
+_VERSION_RE = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
+_PARTIAL_RE = re.compile(r"(0|[1-9][0-9]*)(?:\.(0|[1-9][0-9]*))?(?:\.(0|[1-9][0-9]*))?")
+_COMPARATOR_RE = re.compile(r"(\^|~|>=|<=|>|<|==|=)?\s*(\S+)")
 
 Version = tuple[int, int, int]
 
 
 def parse_version(text: str) -> Version:
     """Parse `MAJOR.MINOR.PATCH`; raise ValueError with a readable message."""
-    match = _VERSION_RE.match(text.strip())
+    match = _VERSION_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not a MAJOR.MINOR.PATCH version")
     major, minor, patch = (int(g) for g in match.groups())
@@ -56,7 +57,7 @@ class Range:
 
 
 def _expand(op: str, text: str) -> tuple[_Bound, ...]:
-    match = _PARTIAL_RE.match(text)
+    match = _PARTIAL_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not a version")
     given = [int(g) for g in match.groups() if g is not None]
@@ -85,14 +86,14 @@ def parse_range(text: str) -> Range:
     alternatives: list[tuple[_Bound, ...]] = []
     for raw in text.split("||"):
         alt = raw.strip()
-        if alt in ("*", ""):
-            if alt == "" and text.strip() != "":
-                raise ValueError(f"empty alternative in range {text!r}")
+        if not alt:
+            raise ValueError(f"empty alternative in range {text!r}; write * for any version")
+        if alt == "*":
             alternatives.append(())
             continue
         bounds: list[_Bound] = []
         for token in re.split(r"[\s,]+", alt):
-            comp = _COMPARATOR_RE.match(token)
+            comp = _COMPARATOR_RE.fullmatch(token)
             if comp is None:
                 raise ValueError(f"{token!r} is not a version comparator")
             bounds.extend(_expand(comp.group(1) or "", comp.group(2)))
