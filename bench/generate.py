@@ -14,7 +14,7 @@ import argparse
 import random
 from pathlib import Path
 
-ROUTES_PER_FILE = 1000
+ROUTES_PER_FILE = 250  # a team-sized file; an edit re-parses one of them
 
 
 def generate(routes: int, *, seed: int = 7, placed: float = 0.7, nodes: int | None = None,

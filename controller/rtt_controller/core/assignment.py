@@ -37,12 +37,13 @@ def score(demands: Sequence[Demand], assignment: Assignment, base: inventory.Gra
           policy: model.Policy) -> costs.Objective:
     """The objective of an assignment, as both assigners define it."""
     prior = base_placement(base)
+    lane_us = {lane: costs.lane_model(policy, lane).latency_us for lane in model.ALL_LANES}
     preference = latency = churn = 0
     for demand in demands:
         lane = assignment.lanes[demand.key]
         preference += int(demand.preferred is not None and demand.preferred in demand.lanes
                           and lane != demand.preferred)
-        latency += costs.latency_cost(demand, lane, policy)
+        latency += lane_us[lane] * costs.traffic_weight(demand)
         old = base.links.get(demand.key)
         churn += int(old is not None and old.lane != lane.value)
     for saddr_, node in assignment.placement.items():

@@ -63,17 +63,21 @@ def _place(demands: Sequence[Demand], policy: model.Policy, base: inventory.Grap
             if n is not None:
                 placement[s] = n
     prior = base_placement(base)
-    peers: dict[str, dict[str, int]] = {}
+    unplaced = set()
+    for d in demands:
+        for s in (d.key[0], d.key[1]):
+            if s not in placement:
+                if prior.get(s) in nodes:
+                    placement[s] = prior[s]
+                else:
+                    unplaced.add(s)
+    # Votes are counted only for symbols still unplaced: an incremental replan has none.
+    peers: dict[str, dict[str, int]] = {s: {} for s in unplaced}
     for d in demands:
         for s, other in ((d.key[0], d.key[1]), (d.key[1], d.key[0])):
-            peers.setdefault(s, {}).setdefault(other, 0)
-            peers[s][other] += d.throughput_qps
+            if s in peers:
+                peers[s][other] = peers[s].get(other, 0) + d.throughput_qps
     for s in sorted(peers):
-        if s in placement:
-            continue
-        if prior.get(s) in nodes:
-            placement[s] = prior[s]
-            continue
         votes = dict.fromkeys(nodes, 0)
         for other, qps in peers[s].items():
             if other in placement:

@@ -86,8 +86,10 @@ class Graph:
     @functools.cached_property
     def hash(self) -> str:
         """`sha256-<hex>` of the canonical JSON {kind, links: [link digests in key order]}."""
-        digests = [self.links[k].digest for k in sorted(self.links)]
-        return canonical.digest({"kind": GRAPH_KIND, "links": digests})
+        # Hex digests need no escaping, so their JSON array is written directly.
+        digests = ",".join(f'"{self.links[k].digest}"' for k in sorted(self.links))
+        return canonical.digest({"kind": GRAPH_KIND,
+                                 "links": canonical.Raw(f"[{digests}]".encode("ascii"))})
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": GRAPH_KIND, "graph_hash": self.hash,
