@@ -131,8 +131,8 @@ def ilp_vs_greedy(routes: int, runs: int) -> dict[str, Any]:
         out[name] = {"time_s": statistics.median(times), "objective": score.to_json(),
                      "graph_hash": result.graph.hash}
     best = out["cbc"]["objective"]["latency"]
-    for name in out:
-        out[name]["latency_gap_pct"] = 100 * (out[name]["objective"]["latency"] - best) / best
+    for entry in out.values():
+        entry["latency_gap_pct"] = 100 * (entry["objective"]["latency"] - best) / best
     return out
 
 

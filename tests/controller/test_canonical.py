@@ -6,7 +6,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtt_controller.core import canonical
+from rtt_controller.core import canonical, inventory
 
 JSON = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1),
@@ -28,3 +28,19 @@ def test_known_vectors():
         b'{"a":[1e-7,1e+21,0.1,0],"b":5}'
     assert canonical.dumps({"\u20ac": 1, "\U0001f600": 2, "z": "\u2028\x1f"}) == \
         rfc8785.dumps({"\u20ac": 1, "\U0001f600": 2, "z": "\u2028\x1f"})
+
+
+TEXT = st.text(max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.tuples(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,
+                        st.lists(TEXT, max_size=3),
+                        st.floats(min_value=0.001, max_value=60_000, allow_nan=False),
+                        st.integers(1, 10**8), TEXT))
+def test_a_links_hand_written_canonical_json_matches_the_encoder(fields):
+    link = inventory.Link(from_=fields[0], to=fields[1], cls=fields[2], lane=fields[3],
+                          from_node=fields[4], to_node=fields[5], version=fields[6],
+                          caps=tuple(fields[7]), latency_budget_ms=fields[8],
+                          throughput_qps=fields[9], backpressure=fields[10])
+    assert link.canonical == canonical.dumps(link.to_json()) == rfc8785.dumps(link.to_json())

@@ -37,6 +37,16 @@ def _utf16(key: str) -> bytes:
     return key.encode("utf-16-be", "surrogatepass")
 
 
+def string(value: str) -> str:
+    """The canonical JSON of one string."""
+    return _escape(value)
+
+
+def number(value: int | float) -> str:
+    """The canonical JSON of one number."""
+    return _number(value)
+
+
 def _number(value: int | float) -> str:
     if isinstance(value, int):
         if abs(value) >= _MAX_SAFE:

@@ -57,20 +57,7 @@ def _place(demands: Sequence[Demand], policy: model.Policy, base: inventory.Grap
            ) -> dict[str, str]:
     """Fixed nodes first, then base placement, then the node most of a symbol's peers are on."""
     nodes = [n.name for n in policy.nodes]
-    placement: dict[str, str] = {}
-    for d in demands:
-        for s, n in ((d.key[0], d.from_node), (d.key[1], d.to_node)):
-            if n is not None:
-                placement[s] = n
-    prior = base_placement(base)
-    unplaced = set()
-    for d in demands:
-        for s in (d.key[0], d.key[1]):
-            if s not in placement:
-                if prior.get(s) in nodes:
-                    placement[s] = prior[s]
-                else:
-                    unplaced.add(s)
+    placement, unplaced = _known_placement(demands, nodes, base_placement(base))
     # Votes are counted only for symbols still unplaced: an incremental replan has none.
     peers: dict[str, dict[str, int]] = {s: {} for s in unplaced}
     for d in demands:
@@ -84,6 +71,26 @@ def _place(demands: Sequence[Demand], policy: model.Policy, base: inventory.Grap
                 votes[placement[other]] += qps
         placement[s] = max(nodes, key=lambda n: (votes[n], -nodes.index(n)))
     return placement
+
+
+def _known_placement(demands: Sequence[Demand], nodes: Sequence[str], prior: dict[str, str]
+                     ) -> tuple[dict[str, str], set[str]]:
+    """Placement fixed by the symbols, then kept from the base; and what is left to place."""
+    placement: dict[str, str] = {}
+    for d in demands:
+        for s, n in ((d.key[0], d.from_node), (d.key[1], d.to_node)):
+            if n is not None:
+                placement[s] = n
+    unplaced = set()
+    for d in demands:
+        for s in (d.key[0], d.key[1]):
+            if s in placement:
+                continue
+            if prior.get(s) in nodes:
+                placement[s] = prior[s]
+            else:
+                unplaced.add(s)
+    return placement, unplaced
 
 
 def _density(d: Demand, policy: model.Policy) -> float:

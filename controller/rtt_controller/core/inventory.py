@@ -55,8 +55,21 @@ class Link:
 
     @functools.cached_property
     def canonical(self) -> bytes:
-        """RFC 8785 JSON of the link; cached, and embedded as-is when a plan is hashed."""
-        return canonical.dumps(self.to_json())
+        """RFC 8785 JSON of the link; cached, and embedded as-is when a plan is hashed.
+
+        Written field by field (keys in JCS order) because it runs once per link of every graph;
+        tests/controller/test_canonical.py checks it equals `canonical.dumps(self.to_json())`.
+        """
+        s, n = canonical.string, canonical.number
+        caps = ",".join(s(c) for c in self.caps)
+        return (
+            f'{{"caps":[{caps}],"class":{s(self.cls)},"from":{s(self.from_)},'
+            f'"from_node":{s(self.from_node)},"lane":{s(self.lane)},'
+            f'"qos":{{"backpressure":{s(self.backpressure)},'
+            f'"latency_budget_ms":{n(self.latency_budget_ms)},'
+            f'"throughput_qps":{n(self.throughput_qps)}}},'
+            f'"to":{s(self.to)},"to_node":{s(self.to_node)},"version":{s(self.version)}}}'
+        ).encode()
 
     @functools.cached_property
     def digest(self) -> str:

@@ -81,7 +81,11 @@ def is_state_file(path: str) -> bool:
 
 def parse_file(path: str, data: bytes) -> ParsedFile:
     """Parse and validate one file. Never raises for bad content."""
-    document = _read(path, data)
+    return validate(path, read(path, data))
+
+
+def validate(path: str, document: Any) -> ParsedFile:
+    """Validate a document returned by `read` (a failed `ParsedFile` passes through)."""
     if isinstance(document, ParsedFile):
         return document
     if path.startswith(SYMBOLS_DIR):
@@ -93,8 +97,11 @@ def parse_file(path: str, data: bytes) -> ParsedFile:
     return _policy(path, document)
 
 
-def _read(path: str, data: bytes) -> Any:
-    """The YAML document in `data`, or a failed ParsedFile for size, encoding or syntax."""
+def read(path: str, data: bytes) -> Any:
+    """The YAML document in `data`, or a failed ParsedFile for size, encoding or syntax.
+
+    Split from `validate` so a source seam can run this, the costly half, in worker processes.
+    """
     if len(data) > MAX_FILE_BYTES:
         return _fail(path, Rule.FILE_TOO_LARGE,
                      f"file is {len(data)} bytes; the limit is {MAX_FILE_BYTES}", 1)

@@ -8,6 +8,7 @@ Called by the model (parsing) and the graph checks (meet).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 # ASCII digits only, matched whole (fullmatch): "1.1\u0663.0" or a trailing newline is no version.
@@ -18,6 +19,7 @@ _COMPARATOR_RE = re.compile(r"(\^|~|>=|<=|>|<|==|=)?\s*(\S+)")
 Version = tuple[int, int, int]
 
 
+@functools.lru_cache(maxsize=65536)  # pure, and the same few texts recur across thousands of routes
 def parse_version(text: str) -> Version:
     """Parse `MAJOR.MINOR.PATCH`; raise ValueError with a readable message."""
     match = _VERSION_RE.fullmatch(text)
@@ -81,6 +83,7 @@ def _expand(op: str, text: str) -> tuple[_Bound, ...]:
     return (_Bound({"": "==", "=": "=="}.get(op, op), low),)
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_range(text: str) -> Range:
     """Parse a range such as `^1.2`, `~1.4.0`, `>=1.0 <2`, `>=1.0, <2 || ^3`, or `*`."""
     alternatives: list[tuple[_Bound, ...]] = []

@@ -20,7 +20,7 @@ def snapshot(root: Path, cache: ParseCache) -> Snapshot:
             rel = path.relative_to(root).as_posix()
             if path.is_file() and loading.is_state_file(rel):
                 data[rel] = path.read_bytes()
-    files = [cache.get(rel, hashlib.sha256(raw).hexdigest(), functools.partial(bytes, raw))
-             for rel, raw in data.items()]
+    files = cache.get_many([(rel, hashlib.sha256(raw).hexdigest(), functools.partial(bytes, raw))
+                            for rel, raw in data.items()])
     return Snapshot(files=files, read=lambda p: data.get(p, b""), repo=str(root),
                     commit=None, created_at=None)

@@ -68,7 +68,7 @@ def snapshot(repo: pygit2.Repository, rev: str, cache: ParseCache) -> Snapshot:
         blob = repo[blobs[path]] if path in blobs else None
         return bytes(blob.data) if isinstance(blob, pygit2.Blob) else b""
 
-    files = [cache.get(path, oid, functools.partial(read, path))
-             for path, oid in sorted(blobs.items())]
+    files = cache.get_many([(path, oid, functools.partial(read, path))
+                            for path, oid in sorted(blobs.items())])
     return Snapshot(files=files, read=read, repo=str(repo.workdir or repo.path),
                     commit=str(commit.id), created_at=commit_time(commit))

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import multiprocessing
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 from rtt_controller.core import loading
+
+# Below these, a process pool costs more than it saves (measured: bench/planner.py).
+PARALLEL_MIN_FILES = 16
+PARALLEL_MIN_BYTES = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +48,31 @@ class ParseCache:
         else:
             self.hits += 1
         return parsed
+
+    def get_many(self, items: Sequence[tuple[str, str, Callable[[], bytes]]]
+                 ) -> list[loading.ParsedFile]:
+        """`get` for many files; a large cold load reads YAML on every core.
+
+        YAML parsing is most of a cold plan's time and runs in Python, so it is spread over
+        forked workers; validation stays here, where the models live.
+        """
+        missing = [(path, cid, read) for path, cid, read in items
+                   if (path, cid) not in self._entries]
+        data = [read() for _, _, read in missing]
+        paths = [path for path, _, _ in missing]
+        workers = min(os.cpu_count() or 1, len(missing) // PARALLEL_MIN_FILES)
+        if workers > 1 and sum(map(len, data)) >= PARALLEL_MIN_BYTES:
+            context = multiprocessing.get_context("fork")
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+                documents = list(pool.map(loading.read, paths, data,
+                                          chunksize=max(1, len(paths) // (4 * workers))))
+        else:
+            documents = [loading.read(path, raw) for path, raw in zip(paths, data, strict=True)]
+        for (path, cid, _), document in zip(missing, documents, strict=True):
+            self.misses += 1
+            self._entries[path, cid] = loading.validate(path, document)
+        self.hits += len(items) - len(missing)
+        return [self._entries[path, cid] for path, cid, _ in items]
 
     def retain(self, keys: set[tuple[str, str]]) -> None:
         for key in self._entries.keys() - keys:
