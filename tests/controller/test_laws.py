@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import collections
+import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtt_controller import solvers
-from rtt_controller.core import inventory, planner, steps
+from rtt_controller.core import inventory, plan, planner, steps
 from rtt_controller.core.plan import Provenance
 from tests import strategies
 
@@ -49,6 +50,10 @@ def test_steps_then_inverses_return_the_base(before, after, algorithm):
     assert forward.hash == result.desired.graph.hash
     undone = steps.apply(forward, [s.inverse() for s in reversed(result.plan.steps)])
     assert undone.hash == base.hash
+    # The id survives a write/read round trip, recomputed by the generic encoder.
+    reread = plan.load(json.loads(json.dumps(result.plan.to_json())))
+    assert reread.plan_id == result.plan.plan_id
+    assert reread.steps == result.plan.steps
 
 
 @LAWS

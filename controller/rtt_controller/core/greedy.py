@@ -64,12 +64,14 @@ def _place(demands: Sequence[Demand], policy: model.Policy, base: inventory.Grap
         for s, other in ((d.key[0], d.key[1]), (d.key[1], d.key[0])):
             if s in peers:
                 peers[s][other] = peers[s].get(other, 0) + d.throughput_qps
+    rank = {n: k for k, n in enumerate(nodes)}
     for s in sorted(peers):
-        votes = dict.fromkeys(nodes, 0)
+        votes: dict[str, int] = {}
         for other, qps in peers[s].items():
             if other in placement:
-                votes[placement[other]] += qps
-        placement[s] = max(nodes, key=lambda n: (votes[n], -nodes.index(n)))
+                votes[placement[other]] = votes.get(placement[other], 0) + qps
+        # Most traffic wins; ties (and no placed peer at all) go to the earliest node.
+        placement[s] = max(votes, key=lambda n: (votes[n], -rank[n])) if votes else nodes[0]
     return placement
 
 

@@ -55,7 +55,7 @@ def build(*, ordered: Sequence[Step], batches: Sequence[Sequence[int]], base_has
     its op, the entry it applies (`section/index`) and its inverse op on that same entry."""
     ids = step_ids(ordered)
     sections: dict[str, list[Any]] = {name: [] for name in _SECTION.values()}
-    hashed: dict[str, list[Any]] = {name: [] for name in _SECTION.values()}  # same, as Raw
+    hashed: dict[str, Any] = {name: [] for name in _SECTION.values()}  # the same, as Raw
     steps: dict[str, Any] = {}
     for step_id, step in zip(ids, ordered, strict=True):
         name = _SECTION[step.op]
@@ -80,7 +80,12 @@ def build(*, ordered: Sequence[Step], batches: Sequence[Sequence[int]], base_has
         "order": ids,
         "batches": [[ids[i] for i in batch] for batch in batches],
     }
-    # The id hashes the same content, with each link's cached canonical bytes embedded.
+    # The id hashes the same content, with each link's cached canonical bytes embedded and the
+    # many small step objects written directly (JCS key order: inverse, op, ref).
+    hashed["steps"] = canonical.Raw(("{" + ",".join(
+        f'{canonical.string(i)}:{{"inverse":{canonical.string(steps[i]["inverse"])},'
+        f'"op":{canonical.string(steps[i]["op"])},"ref":{canonical.string(steps[i]["ref"])}}}'
+        for i in sorted(steps, key=lambda k: k.encode("utf-16-be"))) + "}").encode("utf-8"))
     plan_id = canonical.digest({**content, **hashed})
     return Plan(plan_id=plan_id, content=content, provenance=provenance, steps=tuple(ordered))
 
