@@ -203,7 +203,8 @@ def main() -> None:
 
 def render(r: dict[str, Any]) -> str:
     lines = [f"cores: {r['cores']}, median of {r['runs']} runs", "",
-             "| routes | wall (s) | peak RSS, main (MiB) | peak RSS, with workers (MiB) | runs (s) |",
+             "| routes | wall (s) | peak RSS, main (MiB) | peak RSS, with workers (MiB) "
+             "| runs (s) |",
              "|---|---|---|---|---|"]
     lines += [f"| {n} | {v['wall_s']:.2f} | {v['peak_rss_mib']:.0f} | "
               f"{v['peak_tree_rss_mib']:.0f} | {v['runs']} |" for n, v in r["full"].items()]
