@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ def _solver_args(p: argparse.ArgumentParser) -> None:
                    help="MILP backend for the ILP assigner (default: cbc)")
     p.add_argument("--algorithm", choices=("auto", "ilp", "greedy"), default="auto",
                    help="auto uses the ILP up to routing.greedy_threshold routes")
+    p.add_argument("--progress", action="store_true",
+                   help="report each stage on stderr (the default when stderr is a terminal)")
 
 
 # --- shared plumbing --------------------------------------------------------------------------
@@ -94,14 +97,28 @@ def _load_graph(path: str) -> inventory.Graph:
 
 def _plan(args: argparse.Namespace, cache: ParseCache, *, rev: str | None,
           base: inventory.Graph) -> planner.Result:
+    progress = _progress(args)
     snap = _snapshot(args.repo, rev, cache)
     origin = plan_mod.Provenance(repo=snap.repo, commit=snap.commit,
                                  created_at=snap.created_at, backend="")
     try:
         return planner.make_plan(snap.files, base=base, solve=solvers.solver(args.solver),
-                                 backend=args.solver, origin=origin, algorithm=args.algorithm)
+                                 backend=args.solver, origin=origin, algorithm=args.algorithm,
+                                 progress=progress)
     except planner.Rejected as exc:
         raise _Invalid(exc.findings, snap) from None
+
+
+def _progress(args: argparse.Namespace) -> planner.Progress:
+    """Stage-by-stage progress on stderr, for a person watching a terminal (or --progress)."""
+    if not (args.progress or sys.stderr.isatty()):
+        return lambda _: None
+    start = time.monotonic()
+
+    def report(message: str) -> None:
+        print(f"[{time.monotonic() - start:6.2f}s] {message}", file=sys.stderr, flush=True)
+
+    return report
 
 
 class _Invalid(Exception):

@@ -27,6 +27,11 @@ from rtt_controller.core.loading import Finding, ParsedFile
 PLANNER_VERSION = "1"
 
 Solve = Callable[[ilp.IlpModel], Mapping[str, int]]
+Progress = Callable[[str], None]  # told what each stage did; does nothing by default
+
+
+def _silent(_: str) -> None:
+    pass
 Algorithm = Literal["auto", "ilp", "greedy"]
 
 
@@ -73,15 +78,18 @@ def validate(files: Sequence[ParsedFile]) -> state.DesiredState:
 
 
 def desired_graph(files: Sequence[ParsedFile], *, base: inventory.Graph, solve: Solve | None,
-                  backend: str, algorithm: Algorithm = "auto", memo: Memo | None = None
-                  ) -> Desired:
+                  backend: str, algorithm: Algorithm = "auto", memo: Memo | None = None,
+                  progress: Progress = _silent) -> Desired:
     """Validate the desired state and assign lanes and placement."""
     memo = memo or Memo()
     validated, findings = state.assemble(files)
+    progress(f"read {len(files)} files: {len(validated.symbols)} symbols, "
+             f"{len(validated.routes)} routes")
     demands, graph_findings = graph_mod.resolve(validated, memo.resolve)
     findings += graph_findings
     if findings:
         raise Rejected(findings)
+    progress(f"checked {len(demands)} routes")
     demands.sort(key=lambda d: d.key)
     use_ilp = algorithm == "ilp" or (
         algorithm == "auto" and len(demands) <= validated.policy.routing.greedy_threshold)
@@ -94,16 +102,17 @@ def desired_graph(files: Sequence[ParsedFile], *, base: inventory.Graph, solve: 
     except assignment.Infeasible as exc:
         where = next((p.path for p in files for key, _ in p.policy if key == "nodes"), "policies/")
         raise Rejected([Finding(where, ("nodes",), Rule.INFEASIBLE, str(exc))]) from None
+    progress(f"assigned lanes and placement ({chosen.algorithm}, {chosen.backend})")
     return Desired(state=validated, demands=demands, assignment=chosen,
                    graph=inventory.Graph.of(assignment.links(demands, chosen, memo.links)))
 
 
 def make_plan(files: Sequence[ParsedFile], *, base: inventory.Graph, solve: Solve | None,
               backend: str, origin: plan.Provenance, algorithm: Algorithm = "auto",
-              memo: Memo | None = None) -> Result:
+              memo: Memo | None = None, progress: Progress = _silent) -> Result:
     """Plan `files` against `base`; `origin` is the provenance minus the backend, filled here."""
     desired = desired_graph(files, base=base, solve=solve, backend=backend, algorithm=algorithm,
-                            memo=memo)
+                            memo=memo, progress=progress)
     policy = desired.state.policy
     ordered = ordering.order(steps.from_diff(inventory.diff(base, desired.graph)))
     objective = assignment.score(desired.demands, desired.assignment, base, policy)
@@ -115,4 +124,5 @@ def make_plan(files: Sequence[ParsedFile], *, base: inventory.Graph, solve: Solv
         algorithm=desired.assignment.algorithm, objective=objective.to_json(),
         provenance=dataclasses.replace(origin, backend=desired.assignment.backend),
     )
+    progress(f"planned {len(ordered)} steps in {len(built.content['batches'])} batches")
     return Result(plan=built, desired=desired)
