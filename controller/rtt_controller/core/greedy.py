@@ -26,9 +26,11 @@ def assign(demands: Sequence[Demand], policy: model.Policy, base: inventory.Grap
             lanes[d.key] = kept
         else:
             pending.append(d)
-    pending.sort(key=lambda d: (-_density(d, policy), d.key))
+    lane_us = {lane: costs.lane_model(policy, lane).latency_us for lane in model.ALL_LANES}
+    rank = {lane: k for k, lane in enumerate(policy.routing.prefer)}
+    pending.sort(key=lambda d: (-_density(d, lane_us), d.key))
     for d in pending:
-        lanes[d.key] = _best_lane(d, placement, free, policy)
+        lanes[d.key] = _best_lane(d, placement, free, lane_us, rank)
     return Assignment(lanes=lanes, placement=placement, algorithm="greedy", backend="greedy")
 
 
@@ -95,12 +97,12 @@ def _known_placement(demands: Sequence[Demand], nodes: Sequence[str], prior: dic
     return placement, unplaced
 
 
-def _density(d: Demand, policy: model.Policy) -> float:
+def _density(d: Demand, lane_us: dict[model.Lane, int]) -> float:
     """Latency saved by shm over the next-best lane, per ring byte."""
     if model.Lane.SHM not in d.lanes or len(d.lanes) == 1:
         return 0.0
-    others = [costs.latency_cost(d, lane, policy) for lane in d.lanes if lane != model.Lane.SHM]
-    saved = min(others) - costs.latency_cost(d, model.Lane.SHM, policy)
+    next_best = min(lane_us[lane] for lane in d.lanes if lane != model.Lane.SHM)
+    saved = (next_best - lane_us[model.Lane.SHM]) * costs.traffic_weight(d)
     return saved / costs.ring_bytes(d)
 
 
@@ -115,12 +117,13 @@ def _reserve(d: Demand, lane: model.Lane, placement: dict[str, str], free: dict[
 
 
 def _best_lane(d: Demand, placement: dict[str, str], free: dict[str, int],
-               policy: model.Policy) -> model.Lane:
+               lane_us: dict[model.Lane, int], rank: dict[model.Lane, int]) -> model.Lane:
+    """The preferred lane if any, then the lowest latency (the route's traffic weight is common
+    to all its lanes, so it does not change the order), then `routing.prefer` order."""
     local = placement[d.key[0]] == placement[d.key[1]]
-    rank = {lane: k for k, lane in enumerate(policy.routing.prefer)}
     candidates = sorted(
         (lane for lane in d.lanes if local or lane not in model.LOCAL_LANES),
-        key=lambda lane: (lane != d.preferred, costs.latency_cost(d, lane, policy), rank[lane]),
+        key=lambda lane: (lane != d.preferred, lane_us[lane], rank[lane]),
     )
     for lane in candidates:
         if _reserve(d, lane, placement, free):

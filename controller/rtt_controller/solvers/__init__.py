@@ -12,10 +12,12 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-
-import pulp
+from typing import TYPE_CHECKING
 
 from rtt_controller.core import assignment, ilp
+
+if TYPE_CHECKING:
+    import pulp
 
 BACKENDS = ("cbc", "highs")
 
@@ -37,6 +39,8 @@ def solver(backend: str = "cbc", *, time_limit_s: float = 60.0
 
 
 def _command(backend: str, time_limit_s: float) -> pulp.LpSolver:
+    import pulp  # noqa: PLC0415 - 0.1 s to import (with highspy); greedy plans never need it
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # pulp deprecates its own constructors
         if backend == "highs":
@@ -62,6 +66,8 @@ def _quiet_stdout() -> Iterator[None]:
 
 
 def _solve(model: ilp.IlpModel, backend: str, time_limit_s: float) -> dict[str, int]:
+    import pulp  # noqa: PLC0415 - see _command
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         variables = {name: pulp.LpVariable(name, cat=pulp.LpBinary) for name in model.variables}

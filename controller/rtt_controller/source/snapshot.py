@@ -6,7 +6,7 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from rtt_controller.core import loading
 
@@ -64,15 +64,21 @@ class ParseCache:
         if workers > 1 and sum(map(len, data)) >= PARALLEL_MIN_BYTES:
             context = multiprocessing.get_context("fork")
             with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-                documents = list(pool.map(loading.read, paths, data,
-                                          chunksize=max(1, len(paths) // (4 * workers))))
+                # Results arrive in order, chunk by chunk: validating each as it lands overlaps
+                # this process's share with the workers' parsing.
+                documents = pool.map(loading.read, paths, data,
+                                     chunksize=max(1, len(paths) // (8 * workers)))
+                self._validate(missing, documents)
         else:
-            documents = [loading.read(path, raw) for path, raw in zip(paths, data, strict=True)]
+            self._validate(missing, map(loading.read, paths, data))
+        self.hits += len(items) - len(missing)
+        return [self._entries[path, cid] for path, cid, _ in items]
+
+    def _validate(self, missing: Sequence[tuple[str, str, object]],
+                  documents: Iterable[object]) -> None:
         for (path, cid, _), document in zip(missing, documents, strict=True):
             self.misses += 1
             self._entries[path, cid] = loading.validate(path, document)
-        self.hits += len(items) - len(missing)
-        return [self._entries[path, cid] for path, cid, _ in items]
 
     def retain(self, keys: set[tuple[str, str]]) -> None:
         for key in self._entries.keys() - keys:
