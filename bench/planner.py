@@ -30,10 +30,11 @@ import rfc8785
 
 from bench import generate
 from rtt_controller import solvers
-from rtt_controller.core import assignment, canonical, inventory, loading, planner
+from rtt_controller.core import assignment, inventory, loading, planner
 from rtt_controller.core.plan import Provenance
 from rtt_controller.source import gitrepo
 from rtt_controller.source.snapshot import ParseCache
+from rtt_fabric import canonical
 
 RTT = str(Path(sys.executable).parent / "rtt")
 ORIGIN = Provenance(repo=None, commit=None, created_at=None, backend="")

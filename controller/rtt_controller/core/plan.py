@@ -11,8 +11,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rtt_controller.core import canonical, inventory
+from rtt_controller.core import inventory
 from rtt_controller.core.steps import Op, Step, step_ids
+from rtt_fabric import canonical
 
 PLAN_KIND = "rtt.plan/v1"
 

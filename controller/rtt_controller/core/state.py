@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
-from rtt_controller.core import canonical, model
+from rtt_controller.core import model
 from rtt_controller.core.diagnostics import Rule
 from rtt_controller.core.loading import Entry, Finding, ParsedFile
+from rtt_fabric import canonical
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""Canonical serialization and content addresses, in one place.
+"""Canonical serialization and content addresses, in one place for both packages.
 
 Everything that is hashed (plans, graphs, policy) goes through `dumps`, which emits RFC 8785 (JCS)
-canonical JSON, so the same value gives the same bytes in any process on any machine.
+canonical JSON, so the same value gives the same bytes in any process on any machine. It lives in
+the fabric because the fabric hashes its observed graph exactly as the planner hashes a desired
+one, and the fabric never imports the controller.
 
 The `rfc8785` package is the reference, but it is pure Python and dominated plan time at 10k
 routes. This encoder produces the same bytes faster: the stdlib's C string escaper (which escapes
@@ -9,7 +11,7 @@ exactly what JCS escapes when non-ASCII is left literal), keys sorted by UTF-16 
 requires, and numbers written per JCS (integral floats as integers; other floats take the
 reference's formatting). It also accepts `Raw` fragments, already-canonical bytes, so a plan can
 embed each link's canonical JSON, computed once for the graph hash, instead of re-encoding it.
-tests/controller/test_canonical.py checks the encoder against the reference on arbitrary values.
+tests/fabric/test_canonical.py checks the encoder against the reference on arbitrary values.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fast canonical encoder gives exactly the bytes of the reference RFC 8785 encoder."""
+"""The canonical encoder gives exactly the bytes of the reference RFC 8785 encoder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtt_controller.core import canonical, inventory
+from rtt_fabric import canonical, graph
 
 JSON = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1),
@@ -39,7 +39,7 @@ TEXT = st.text(max_size=12)
                         st.floats(min_value=0.001, max_value=60_000, allow_nan=False),
                         st.integers(1, 10**8), TEXT))
 def test_a_links_hand_written_canonical_json_matches_the_encoder(fields):
-    link = inventory.Link(from_=fields[0], to=fields[1], cls=fields[2], lane=fields[3],
+    link = graph.Link(from_=fields[0], to=fields[1], cls=fields[2], lane=fields[3],
                           from_node=fields[4], to_node=fields[5], version=fields[6],
                           caps=tuple(fields[7]), latency_budget_ms=fields[8],
                           throughput_qps=fields[9], backpressure=fields[10])
