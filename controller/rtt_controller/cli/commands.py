@@ -262,6 +262,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "show": (_register_show, show),
     "diff": (_register_diff, _invalid_guard(diff)),
 }
+ONE_SHOT = frozenset({"validate", "plan", "show", "diff"})  # run once and exit
 HELP = {
     "validate": "validate desired/ and policies/ at a revision",
     "plan": "compute the deterministic, content-addressed plan",

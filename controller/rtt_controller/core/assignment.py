@@ -51,30 +51,32 @@ def score(demands: Sequence[Demand], assignment: Assignment, base: inventory.Gra
     return costs.Objective(preference=preference, latency=latency, churn=churn)
 
 
-LinkMemo = dict[tuple[int, str, str, str], tuple[Demand, inventory.Link]]
+# id(demand) -> (demand, the link built for it last time); the demand is kept so its id stays
+# unique while the entry lives.
+LinkMemo = dict[int, tuple[Demand, inventory.Link]]
 
 
 def links(demands: Sequence[Demand], assignment: Assignment,
           memo: LinkMemo | None = None) -> list[inventory.Link]:
     """The realized links an assignment describes.
 
-    With a memo (keyed by demand identity and the assignment), an unchanged route yields the same
-    `Link` object as last time, whose canonical bytes and digest are already cached.
+    With a memo (keyed by demand identity), an unchanged route with an unchanged assignment yields
+    the same `Link` object as last time, whose canonical bytes and digest are already cached.
     """
     out, seen = [], {}
     for d in demands:
         lane, src, dst = (assignment.lanes[d.key].value, assignment.placement[d.key[0]],
                           assignment.placement[d.key[1]])
-        key = (id(d), lane, src, dst)
-        hit = memo.get(key) if memo is not None else None
-        if hit is not None and hit[0] is d:
+        hit = memo.get(id(d)) if memo is not None else None
+        if (hit is not None and hit[0] is d and hit[1].lane == lane
+                and hit[1].from_node == src and hit[1].to_node == dst):
             link = hit[1]
         else:
             link = inventory.Link(
                 from_=d.key[0], to=d.key[1], cls=d.key[2], lane=lane, from_node=src, to_node=dst,
                 version=d.version, caps=d.caps, latency_budget_ms=d.latency_budget_ms,
                 throughput_qps=d.throughput_qps, backpressure=d.backpressure)
-        seen[key] = (d, link)
+        seen[id(d)] = (d, link)
         out.append(link)
     if memo is not None:
         memo.clear()

@@ -11,17 +11,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rtt_controller.core import costs, inventory, model
-from rtt_controller.core.assignment import Assignment, Infeasible, base_placement
+from rtt_controller.core.assignment import Assignment, Infeasible, LinkMemo, base_placement
 from rtt_controller.core.graph import Demand
 
+_LANES = {lane.value: lane for lane in model.Lane}
 
-def assign(demands: Sequence[Demand], policy: model.Policy, base: inventory.Graph) -> Assignment:
+
+def assign(demands: Sequence[Demand], policy: model.Policy, base: inventory.Graph,
+           known: LinkMemo | None = None) -> Assignment:
+    """Assign lanes; `known` (the planner's link memo) lets a replan recognise, by identity, the
+    routes whose demand and base link are exactly what it built last time."""
     placement = _place(demands, policy, base)
     free = {n.name: costs.node_capacity(n) for n in policy.nodes}
     lanes: dict[tuple[str, str, str], model.Lane] = {}
     pending = []
+    known = known or {}
     for d in demands:
-        kept = _kept_lane(d, placement, base)
+        kept = _kept_lane(d, placement, base, known)
         if kept is not None and _reserve(d, kept, placement, free):
             lanes[d.key] = kept
         else:
@@ -45,13 +51,20 @@ def _link_fingerprint(link: inventory.Link) -> tuple[object, ...]:
             link.latency_budget_ms, link.throughput_qps, link.backpressure)
 
 
-def _kept_lane(d: Demand, placement: dict[str, str], base: inventory.Graph) -> model.Lane | None:
+def _kept_lane(d: Demand, placement: dict[str, str], base: inventory.Graph,
+               known: LinkMemo) -> model.Lane | None:
     old = base.links.get(d.key)
-    if old is None or old.lane not in d.lanes:
+    if old is None:
         return None
-    if fingerprint(d, placement[d.key[0]], placement[d.key[1]]) != _link_fingerprint(old):
-        return None
-    lane = model.Lane(old.lane)
+    hit = known.get(id(d))
+    same = (hit is not None and hit[0] is d and hit[1] is old
+            and placement[d.key[0]] == old.from_node and placement[d.key[1]] == old.to_node)
+    if not same:  # not built from this very demand: compare what matters, field by field
+        if old.lane not in d.lanes:
+            return None
+        if fingerprint(d, placement[d.key[0]], placement[d.key[1]]) != _link_fingerprint(old):
+            return None
+    lane = _LANES[old.lane]
     return None if d.preferred in d.lanes and lane != d.preferred else lane
 
 

@@ -98,7 +98,7 @@ def desired_graph(files: Sequence[ParsedFile], *, base: inventory.Graph, solve: 
             model = ilp.formulate(demands, validated.policy, base)
             chosen = ilp.decode(demands, validated.policy, solve(model), backend=backend)
         else:
-            chosen = greedy.assign(demands, validated.policy, base)
+            chosen = greedy.assign(demands, validated.policy, base, memo.links)
     except assignment.Infeasible as exc:
         where = next((p.path for p in files for key, _ in p.policy if key == "nodes"), "policies/")
         raise Rejected([Finding(where, ("nodes",), Rule.INFEASIBLE, str(exc))]) from None
