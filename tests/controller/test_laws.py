@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtt_controller import solvers
-from rtt_controller.core import inventory, plan, planner, steps
+from rtt_controller.core import inventory, plan, planner
 from rtt_controller.core.plan import Provenance
+from rtt_fabric import steps
 from tests import strategies
 
 ORIGIN = Provenance(repo=None, commit=None, created_at=None, backend="")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rtt_fabric import graph
+from rtt_fabric import graph, steps
 
 # The core speaks of inventory.Link / inventory.Graph; they are the fabric's values.
 Link = graph.Link
@@ -40,3 +40,10 @@ def diff(base: Graph, desired: Graph) -> Diff:
         if base.links[k] is not desired.links[k] and base.links[k] != desired.links[k]
     )
     return Diff(added=added, removed=removed, changed=changed)
+
+
+def to_steps(d: Diff) -> list[steps.Step]:
+    """The unordered steps that realize a diff."""
+    return ([steps.Step(steps.Op.DEL, link) for link in d.removed]
+            + [steps.Step(steps.Op.ADD, link) for link in d.added]
+            + [steps.Step(steps.Op.UPDATE, new, old) for old, new in d.changed])

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import networkx as nx
 
 from rtt_controller.core import model
-from rtt_controller.core.steps import Op, Step
+from rtt_fabric.steps import Op, Step
 
 
 def order(steps: Sequence[Step]) -> list[Step]:

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rtt_controller.core import inventory
-from rtt_controller.core.steps import Op, Step, step_ids
 from rtt_fabric import canonical
+from rtt_fabric.steps import Op, Step, step_ids
 
 PLAN_KIND = "rtt.plan/v1"
 

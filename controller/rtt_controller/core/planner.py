@@ -18,7 +18,6 @@ from rtt_controller.core import (
     ordering,
     plan,
     state,
-    steps,
 )
 from rtt_controller.core import graph as graph_mod
 from rtt_controller.core.diagnostics import Rule
@@ -114,7 +113,7 @@ def make_plan(files: Sequence[ParsedFile], *, base: inventory.Graph, solve: Solv
     desired = desired_graph(files, base=base, solve=solve, backend=backend, algorithm=algorithm,
                             memo=memo, progress=progress)
     policy = desired.state.policy
-    ordered = ordering.order(steps.from_diff(inventory.diff(base, desired.graph)))
+    ordered = ordering.order(inventory.to_steps(inventory.diff(base, desired.graph)))
     objective = assignment.score(desired.demands, desired.assignment, base, policy)
     built = plan.build(
         ordered=ordered,

@@ -1,7 +1,8 @@
 """Plan steps, their inverses, and applying steps to a graph.
 
 A step adds, deletes or updates one link; its inverse undoes it exactly, so rolling a plan back
-is applying the inverses of the committed batches in reverse order. Called by ordering and plan.
+is applying the inverses of the committed batches in reverse order. The planner builds steps;
+the node daemon validates and applies them in 2PC, so both share this one definition.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 import enum
 from collections.abc import Iterable
 
-from rtt_controller.core import inventory
+from rtt_fabric import graph
 
 
 class Op(enum.StrEnum):
@@ -25,11 +26,11 @@ _ID_PREFIX = {Op.ADD: "A", Op.DEL: "D", Op.UPDATE: "U"}
 @dataclasses.dataclass(frozen=True, slots=True)
 class Step:
     op: Op
-    link: inventory.Link  # the link after the step (for DEL: the link removed)
-    old: inventory.Link | None = None  # UPDATE only: the link before
+    link: graph.Link  # the link after the step (for DEL: the link removed)
+    old: graph.Link | None = None  # UPDATE only: the link before
 
     @property
-    def key(self) -> inventory.LinkKey:
+    def key(self) -> graph.LinkKey:
         return self.link.key
 
     def sort_key(self) -> tuple[str, str, str, str, str]:
@@ -43,12 +44,6 @@ class Step:
             return Step(Op.ADD, self.link)
         assert self.old is not None
         return Step(Op.UPDATE, self.old, self.link)
-
-
-def from_diff(d: inventory.Diff) -> list[Step]:
-    return ([Step(Op.DEL, link) for link in d.removed]
-            + [Step(Op.ADD, link) for link in d.added]
-            + [Step(Op.UPDATE, new, old) for old, new in d.changed])
 
 
 def step_ids(ordered: Iterable[Step]) -> list[str]:
@@ -65,9 +60,10 @@ class Conflict(Exception):
     """A step does not apply to the graph it was given (the graph is not the plan's base)."""
 
 
-def apply(graph: inventory.Graph, steps: Iterable[Step]) -> inventory.Graph:
-    links = dict(graph.links)
-    for step in steps:
+def apply(base: graph.Graph, changes: Iterable[Step]) -> graph.Graph:
+    """`base` with `changes` applied in order; Conflict if one does not apply."""
+    links = dict(base.links)
+    for step in changes:
         present = links.get(step.key)
         if step.op is Op.ADD:
             if present is not None:
@@ -81,4 +77,4 @@ def apply(graph: inventory.Graph, steps: Iterable[Step]) -> inventory.Graph:
             if present != step.old:
                 raise Conflict(f"update {step.key}: link absent or different")
             links[step.key] = step.link
-    return inventory.Graph(dict(sorted(links.items())))
+    return graph.Graph(dict(sorted(links.items())))
