@@ -11,12 +11,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rtt_fabric import canonical
 
 GRAPH_KIND = "rtt.graph/v1"
+SLOT_BYTES = 256
+MIN_SLOTS = 64
+
+
+def ring_bytes(throughput_qps: int, latency_budget_ms: float) -> int:
+    """An shm ring holds two latency budgets of frames at full rate, in power-of-two slots."""
+    frames = math.ceil(throughput_qps * latency_budget_ms / 1000 * 2)
+    slots = max(MIN_SLOTS, 1 << max(0, frames - 1).bit_length())
+    return slots * SLOT_BYTES
+
 LinkKey = tuple[str, str, str]  # (from, to, class)
 
 

@@ -21,6 +21,7 @@ from rtt_controller.core import inventory, loading, planner, render
 from rtt_controller.core import plan as plan_mod
 from rtt_controller.source import directory, gitrepo
 from rtt_controller.source.snapshot import ParseCache, Snapshot
+from rtt_fabric import cli as fabric_cli
 
 FORMATS = ("text", "json", "markdown")
 
@@ -255,12 +256,24 @@ def diff(args: argparse.Namespace) -> int:
     return OK
 
 
+# --- fabric -----------------------------------------------------------------------------------
+
+
+def _register_fabric(p: argparse.ArgumentParser) -> None:
+    fabric_cli.register(p)
+
+
+def fabric(args: argparse.Namespace) -> int:
+    return fabric_cli.run(args)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], int]]] = {
     "validate": (_register_validate, validate),
     "plan": (_register_plan, _invalid_guard(plan)),
     "show": (_register_show, show),
     "diff": (_register_diff, _invalid_guard(diff)),
+    "fabric": (_register_fabric, fabric),
 }
 ONE_SHOT = frozenset({"validate", "plan", "show", "diff"})  # run once and exit
 HELP = {
@@ -268,4 +281,5 @@ HELP = {
     "plan": "compute the deterministic, content-addressed plan",
     "show": "print a plan file",
     "diff": "the plan between two revisions, as a pull-request comment",
+    "fabric": "run and inspect a fabric node (serve, status, wal verify)",
 }

@@ -7,13 +7,10 @@ their objectives can be compared (bench/planner.py does).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from rtt_controller.core import model
 from rtt_controller.core.graph import Demand
-
-SLOT_BYTES = 256
-MIN_SLOTS = 64
+from rtt_fabric import graph
 
 
 @dataclasses.dataclass(frozen=True, order=True, slots=True)
@@ -42,10 +39,8 @@ def lane_model(policy: model.Policy, lane: model.Lane) -> model.LaneModel:
 
 
 def ring_bytes(demand: Demand) -> int:
-    """An shm ring holds two latency budgets of frames at full rate, in power-of-two slots."""
-    frames = math.ceil(demand.throughput_qps * demand.latency_budget_ms / 1000 * 2)
-    slots = max(MIN_SLOTS, 1 << max(0, frames - 1).bit_length())
-    return slots * SLOT_BYTES
+    """The shm ring a route needs; the fabric reserves the same amount at PREPARE."""
+    return graph.ring_bytes(demand.throughput_qps, demand.latency_budget_ms)
 
 
 def node_capacity(node: model.Node) -> int:

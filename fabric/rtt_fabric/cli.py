@@ -1,0 +1,107 @@
+"""`rtt fabric ...`: serve a node, show its status, verify its WAL.
+
+The `rtt` dispatcher (rtt_controller.cli) mounts these subcommands; each returns an exit code:
+0 ok, 1 the daemon or the WAL says something is wrong, 2 usage error (e.g. no daemon listening).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from rtt_fabric import daemon, wal
+from rtt_fabric.client import Client, ClientError
+
+DEFAULT_STATE = Path(".rtt/fabric")
+DEFAULT_SOCKET = Path(".rtt/sockets/fabric.sock")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="fabric_command", required=True, metavar="COMMAND")
+    serve_p = sub.add_parser("serve", help="run a node daemon in the foreground")
+    serve_p.add_argument("--state", type=Path, default=DEFAULT_STATE)
+    serve_p.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
+    serve_p.add_argument("--node", default="local", help="this node's name in plans")
+    serve_p.add_argument("--shm-mb", type=int, default=256, help="ring memory budget")
+    serve_p.add_argument("--coordinator", type=Path,
+                         help="the coordinator's socket, asked about in-doubt transactions")
+    serve_p.add_argument("--allow-uid", type=int, action="append", default=[],
+                         help="another uid allowed on the control socket (repeatable)")
+    serve_p.add_argument("--checkpoint-every", type=int, default=10_000,
+                         help="WAL records between checkpoints")
+    status_p = sub.add_parser("status", help="the observed graph and its hash")
+    status_p.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
+    status_p.add_argument("--format", choices=("text", "json"), default="text")
+    wal_p = sub.add_parser("wal", help="inspect the write-ahead log")
+    wal_sub = wal_p.add_subparsers(dest="wal_command", required=True, metavar="COMMAND")
+    verify_p = wal_sub.add_parser("verify", help="check every segment, record and hash link")
+    verify_p.add_argument("--state", type=Path, default=DEFAULT_STATE)
+    verify_p.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> int:
+    if args.fabric_command == "serve":
+        return daemon.serve(daemon.Config(
+            state=args.state, socket=args.socket, node=args.node, shm_bytes=args.shm_mb << 20,
+            coordinator=args.coordinator, allowed_uids=frozenset(args.allow_uid),
+            checkpoint_every=args.checkpoint_every), environ)
+    if args.fabric_command == "status":
+        return _status(args)
+    return _verify(args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        with Client(args.socket, timeout_s=10) as client:
+            status = client.call("status")
+            graph = client.call("get_graph")["graph"]
+    except (OSError, ConnectionError) as exc:
+        print(f"rtt fabric status: no daemon at {args.socket} ({exc})", file=sys.stderr)
+        return 2
+    except ClientError as exc:
+        print(f"rtt fabric status: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        _print_json({**{k: v for k, v in status.items() if k not in ("id", "ok")},
+                     "graph": graph})
+        return 0
+    print(f"node {status['node']}  epoch {status['epoch']}  graph_hash {status['graph_hash']}")
+    print(f"{status['links']} links, {status['symbols']} symbols from "
+          f"{len(status['services'])} services, shm {status['shm_used']}/{status['shm_bytes']} "
+          f"bytes, WAL at seq {status['wal_last_seq']}")
+    if status["in_doubt"]:
+        print(f"in doubt: {', '.join(status['in_doubt'])}")
+    for link in graph["links"]:
+        print(f"  {link['from']} -> {link['to']} [{link['class']}, {link['lane']}]")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    directory = args.state / "wal"
+    if not directory.is_dir():
+        print(f"rtt fabric wal verify: no WAL at {directory}", file=sys.stderr)
+        return 2
+    report = wal.verify(directory)
+    if args.format == "json":
+        _print_json({**dataclasses.asdict(report), "ok": report.ok})
+    else:
+        span = f"seq {report.first_seq}..{report.last_seq}" if report.records else "empty"
+        print(f"{directory}: {len(report.segments)} segments, {report.records} records ({span}), "
+              f"{len(report.checkpoints)} checkpoints")
+        for damage, what in ((report.torn_tail, "torn tail (recovery truncates it)"),
+                             (report.corruption, "CORRUPT (the daemon refuses to start)")):
+            if damage is not None:
+                print(f"{damage.segment}:{damage.offset}: {what}: {damage.reason}")
+    return 0 if report.ok else 1
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+                            + b"\n")

@@ -1,0 +1,291 @@
+"""The 2PC participant: the node's route table, its registered symbols, and the protocol rules.
+
+Every change follows one discipline: validate, write the WAL record, make it durable when the
+protocol needs it (PREPARED before ACK, COMMIT before it takes effect), then apply it in memory.
+Replaying the same records rebuilds the same state, which is how the daemon recovers. The model
+of record is spec/tla/RTT.tla (PartPrepareAck, PartNack, PartCommit, PartAbort, PartRecover).
+Called by the node daemon; the journal (the WAL) and the crash hook are passed in.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import orjson
+
+from rtt_fabric import graph, steps
+
+DECISION_HISTORY = 65_536  # decided txids remembered for idempotent COMMIT/ABORT
+
+
+class Kind(enum.IntEnum):
+    """WAL record kinds (fabric/WAL.md)."""
+
+    REGISTER = 1
+    UNREGISTER = 2
+    PREPARED = 3
+    COMMIT = 4
+    ABORT = 5
+
+
+class Journal(Protocol):
+    def append(self, kind: int, payload: bytes) -> int: ...
+    def sync(self) -> None: ...
+
+
+class Refused(Exception):
+    """A request the participant will not carry out; the daemon replies with `code`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Symbol:
+    service: str
+    versions: frozenset[str]
+    lanes: frozenset[str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Prepared:
+    plan_id: str
+    steps: tuple[steps.Step, ...]
+    reserved: int  # shm ring bytes held until the decision
+
+    @property
+    def keys(self) -> frozenset[graph.LinkKey]:
+        return frozenset(step.key for step in self.steps)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Vote:
+    ack: bool
+    reason: str = ""
+
+
+def _never(_: str) -> None:
+    pass
+
+
+class Participant:
+    def __init__(self, *, node: str, shm_bytes: int, journal: Journal,
+                 crash: Callable[[str], None] = _never) -> None:
+        self.node, self.shm_bytes, self._journal, self._crash = node, shm_bytes, journal, crash
+        self.graph: graph.Graph = graph.EMPTY
+        self.epoch = 0
+        self.symbols: dict[str, Symbol] = {}
+        self.services: dict[str, tuple[str, ...]] = {}
+        self.prepared: dict[str, Prepared] = {}
+        self.decided: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self.since: dict[graph.LinkKey, int] = {}  # epoch at which each link last changed
+
+    # --- registration --------------------------------------------------------------------------
+
+    def register(self, service: str, symbols: Sequence[Mapping[str, Any]]) -> None:
+        for sym in symbols:
+            owner = self.symbols.get(sym["saddr"])
+            if owner is not None and owner.service != service:
+                raise Refused("conflict", f"{sym['saddr']} is registered by {owner.service}")
+        self._log(Kind.REGISTER, {"service": service, "symbols": list(symbols)}, sync=True)
+
+    def unregister(self, service: str) -> None:
+        if service not in self.services:
+            raise Refused("unknown-service", f"service {service!r} is not registered")
+        self._log(Kind.UNREGISTER, {"service": service}, sync=True)
+
+    # --- two-phase commit ----------------------------------------------------------------------
+
+    def prepare(self, txid: str, plan_id: str, batch: Sequence[steps.Step]) -> Vote:
+        """Validate, reserve, log PREPARED durably, and only then vote ACK."""
+        held = self.prepared.get(txid)
+        if held is not None:  # a retried PREPARE whose ACK was lost
+            return Vote(True) if held.steps == tuple(batch) else Vote(False, "txid reused")
+        if txid in self.decided:
+            return Vote(False, f"txid {txid} is already decided ({self.decided[txid]})")
+        reason = self._check(batch)
+        if reason:
+            return Vote(False, reason)
+        self._crash("prepare.before_log")
+        record = {"txid": txid, "plan_id": plan_id, "reserved": self._needed(batch),
+                  "steps": [_step_json(s) for s in batch]}
+        self._log(Kind.PREPARED, record, sync=True)
+        self._crash("prepare.after_log")
+        return Vote(True)
+
+    def commit(self, txid: str) -> str:
+        """Make a prepared batch take effect (one epoch flip); a second COMMIT is a no-op."""
+        if self.decided.get(txid) == "commit":
+            return "already committed"
+        if self.decided.get(txid) == "abort":
+            raise Refused("aborted", f"txid {txid} was aborted")
+        if txid not in self.prepared:
+            raise Refused("unknown-txid", f"txid {txid} is not prepared here")
+        self._crash("commit.before_log")
+        self._journal.append(Kind.COMMIT, orjson.dumps({"txid": txid}))
+        self._crash("commit.before_sync")
+        self._journal.sync()  # one fsync per batch: the group commit
+        self._crash("commit.after_sync")
+        self._apply(Kind.COMMIT, {"txid": txid})
+        return "committed"
+
+    def abort(self, txid: str) -> str:
+        """Release a prepared batch. Aborting an unknown txid is a no-op (presumed abort)."""
+        if self.decided.get(txid) == "commit":
+            raise Refused("committed", f"txid {txid} is already committed")
+        if txid not in self.prepared:
+            return "not prepared"
+        self._log(Kind.ABORT, {"txid": txid}, sync=True)
+        self._crash("abort.after_log")
+        return "aborted"
+
+    def in_doubt(self) -> list[str]:
+        return sorted(self.prepared)
+
+    # --- validation ----------------------------------------------------------------------------
+
+    def _check(self, batch: Sequence[steps.Step]) -> str:
+        for step in batch:
+            link = step.link
+            if self.node not in (link.from_node, link.to_node):
+                return f"{_show(step)}: neither end is on node {self.node}"
+            if step.op is not steps.Op.DEL:
+                problem = self._endpoint_problem(link)
+                if problem:
+                    return f"{_show(step)}: {problem}"
+        try:
+            steps.apply(self.graph, batch)
+        except steps.Conflict as exc:
+            return f"does not apply to the committed graph: {exc}"
+        keys = {step.key for step in batch}
+        for other, held in sorted(self.prepared.items()):
+            if keys & held.keys:
+                return f"conflicts with prepared txid {other}"
+        free = self.shm_bytes - self.shm_used() - sum(p.reserved for p in self.prepared.values())
+        need = self._needed(batch)
+        if need > free:
+            return f"shm budget: needs {need} ring bytes, {max(free, 0)} free"
+        return ""
+
+    def _endpoint_problem(self, link: graph.Link) -> str:
+        for saddr, node in ((link.from_, link.from_node), (link.to, link.to_node)):
+            if node != self.node:
+                continue  # the remote end is checked by its own node
+            sym = self.symbols.get(saddr)
+            if sym is None:
+                return f"{saddr} is not registered on {self.node}"
+            if link.lane not in sym.lanes:
+                return f"{saddr} does not speak {link.lane}"
+        target = self.symbols.get(link.to) if link.to_node == self.node else None
+        if target is not None and link.version not in target.versions:
+            return f"{link.to} offers {sorted(target.versions)}, not {link.version}"
+        return ""
+
+    def _needed(self, batch: Iterable[steps.Step]) -> int:
+        return sum(_ring(s.link, self.node) for s in batch if s.op is not steps.Op.DEL)
+
+    def shm_used(self) -> int:
+        return sum(_ring(link, self.node) for link in self.graph.links.values())
+
+    # --- the log -------------------------------------------------------------------------------
+
+    def _log(self, kind: Kind, record: dict[str, Any], *, sync: bool) -> None:
+        self._journal.append(kind, orjson.dumps(record))
+        if sync:
+            self._journal.sync()
+        self._apply(kind, record)
+
+    def replay(self, kind: int, payload: bytes) -> None:
+        """Apply one WAL record during recovery (no journaling, no crash points)."""
+        self._apply(Kind(kind), orjson.loads(payload))
+
+    def _apply(self, kind: Kind, record: dict[str, Any]) -> None:
+        if kind is Kind.REGISTER:
+            self._drop_service(record["service"])
+            for sym in record["symbols"]:
+                self.symbols[sym["saddr"]] = Symbol(
+                    service=record["service"], versions=frozenset(sym["versions"]),
+                    lanes=frozenset(sym.get("lanes", ("shm", "uds", "tcp"))))
+            self.services[record["service"]] = tuple(s["saddr"] for s in record["symbols"])
+        elif kind is Kind.UNREGISTER:
+            self._drop_service(record["service"])
+        elif kind is Kind.PREPARED:
+            self.prepared[record["txid"]] = Prepared(
+                plan_id=record["plan_id"], reserved=record["reserved"],
+                steps=tuple(_step_from_json(s) for s in record["steps"]))
+        elif kind is Kind.COMMIT:
+            held = self.prepared.pop(record["txid"])
+            self.graph = steps.apply(self.graph, held.steps)
+            self.epoch += 1
+            self.since.update(dict.fromkeys(held.keys, self.epoch))
+            self._decide(record["txid"], "commit")
+        else:
+            self.prepared.pop(record["txid"], None)
+            self._decide(record["txid"], "abort")
+
+    def _drop_service(self, service: str) -> None:
+        for saddr in self.services.pop(service, ()):
+            self.symbols.pop(saddr, None)
+
+    def _decide(self, txid: str, decision: str) -> None:
+        self.decided[txid] = decision
+        while len(self.decided) > DECISION_HISTORY:
+            self.decided.popitem(last=False)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole state, for a WAL checkpoint; `restore` reads it back."""
+        return orjson.dumps({
+            "node": self.node, "epoch": self.epoch,
+            "links": [link.to_json() for link in self.graph.links.values()],
+            "since": [[*key, epoch] for key, epoch in self.since.items()],
+            "symbols": {saddr: {"service": s.service, "versions": sorted(s.versions),
+                                "lanes": sorted(s.lanes)} for saddr, s in self.symbols.items()},
+            "prepared": {txid: {"plan_id": p.plan_id, "reserved": p.reserved,
+                                "steps": [_step_json(s) for s in p.steps]}
+                         for txid, p in self.prepared.items()},
+            "decided": list(self.decided.items()),
+        })
+
+    def restore(self, payload: bytes) -> None:
+        state = orjson.loads(payload)
+        self.epoch = state["epoch"]
+        self.graph = graph.Graph.of(graph.Link.from_json(item) for item in state["links"])
+        self.since = {(f, t, c): e for f, t, c, e in state["since"]}
+        self.symbols, self.services = {}, {}
+        for saddr, s in state["symbols"].items():
+            self.symbols[saddr] = Symbol(service=s["service"], versions=frozenset(s["versions"]),
+                                         lanes=frozenset(s["lanes"]))
+            self.services[s["service"]] = (*self.services.get(s["service"], ()), saddr)
+        self.prepared = {txid: Prepared(plan_id=p["plan_id"], reserved=p["reserved"],
+                                        steps=tuple(_step_from_json(s) for s in p["steps"]))
+                         for txid, p in state["prepared"].items()}
+        self.decided = collections.OrderedDict((t, d) for t, d in state["decided"])
+
+
+def _ring(link: graph.Link, node: str) -> int:
+    if link.lane != "shm" or link.from_node != node:
+        return 0
+    return graph.ring_bytes(link.throughput_qps, link.latency_budget_ms)
+
+
+def _show(step: steps.Step) -> str:
+    return f"{step.op.value} {step.link.from_} -> {step.link.to} ({step.link.cls})"
+
+
+def _step_json(step: steps.Step) -> dict[str, Any]:
+    out: dict[str, Any] = {"op": step.op.value, "link": step.link.to_json()}
+    if step.old is not None:
+        out["old"] = step.old.to_json()
+    return out
+
+
+def _step_from_json(data: Mapping[str, Any]) -> steps.Step:
+    old = graph.Link.from_json(data["old"]) if data.get("old") else None
+    return steps.Step(steps.Op(data["op"]), graph.Link.from_json(data["link"]), old)

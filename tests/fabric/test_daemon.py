@@ -1,0 +1,183 @@
+"""The node daemon end to end: a real process, a real socket, the real WAL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from rtt_fabric import graph
+from rtt_fabric.client import ClientError
+from tests.fabric.conftest import NODE, PLAN, Daemon, link, symbol
+
+A, B, C = "rtt://d/api/a", "rtt://d/api/b", "rtt://d/api/c"
+
+
+def _register(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        c.call("register", service="svc", symbols=[symbol(A), symbol(B, "1.0.0", "2.0.0"),
+                                                    symbol(C, lanes=("tcp",))])
+
+
+def test_sigterm_exits_zero_and_the_socket_is_private(daemon):
+    mode = stat.S_IMODE(os.stat(daemon.socket).st_mode)
+    assert mode == 0o600
+    assert daemon.stop() == 0
+    assert not daemon.socket.exists()
+
+
+def test_prepare_commit_flips_the_epoch_and_a_second_commit_is_a_noop(daemon):
+    _register(daemon)
+    with daemon.client() as c:
+        vote = c.call("prepare", txid="t1", plan_id=PLAN,
+                      steps=[{"op": "add", "link": link(A, B)}])
+        assert vote["vote"] == "ack"
+        assert c.call("status")["epoch"] == 0  # prepared is not yet live
+        first = c.call("commit", txid="t1")
+        assert (first["result"], first["epoch"]) == ("committed", 1)
+        again = c.call("commit", txid="t1")
+        assert (again["result"], again["epoch"]) == ("already committed", 1)
+        observed = c.call("get_graph")["graph"]
+    expected = graph.Graph.of([graph.Link.from_json(link(A, B))])
+    assert observed["graph_hash"] == expected.hash == first["graph_hash"]
+
+
+@pytest.mark.parametrize(("step", "reason"), [
+    ({"op": "add", "link": link(A, "rtt://d/api/zz")}, "is not registered"),
+    ({"op": "add", "link": link(A, B, version="3.0.0")}, "offers ['1.0.0', '2.0.0']"),
+    ({"op": "add", "link": link(A, C)}, "does not speak shm"),
+    ({"op": "del", "link": link(A, B)}, "does not apply to the committed graph"),
+    ({"op": "add", "link": link(A, B, qps=20_000_000)}, "shm budget"),
+    ({"op": "add", "link": {**link(A, B), "from_node": "elsewhere", "to_node": "x"}},
+     "neither end is on node"),
+])
+def test_prepare_nacks_with_a_reason(daemon, step, reason):
+    _register(daemon)
+    with daemon.client() as c:
+        vote = c.call("prepare", txid="t1", plan_id=PLAN, steps=[step])
+        assert vote["vote"] == "nack"
+        assert reason in vote["reason"]
+        assert c.call("status")["in_doubt"] == []  # a NACK reserves nothing
+
+
+def test_a_prepared_link_blocks_a_second_transaction_until_decided(daemon):
+    _register(daemon)
+    with daemon.client() as c:
+        step = [{"op": "add", "link": link(A, B)}]
+        assert c.call("prepare", txid="t1", plan_id=PLAN, steps=step)["vote"] == "ack"
+        second = c.call("prepare", txid="t2", plan_id=PLAN, steps=step)
+        assert second["vote"] == "nack"
+        assert "conflicts with prepared txid t1" in second["reason"]
+        assert c.call("abort", txid="t1")["result"] == "aborted"
+        assert c.call("prepare", txid="t3", plan_id=PLAN, steps=step)["vote"] == "ack"
+
+
+def test_out_of_order_messages_get_errors_not_crashes(daemon):
+    _register(daemon)
+    with daemon.client() as c:
+        with pytest.raises(ClientError) as err:
+            c.call("commit", txid="never-prepared")
+        assert err.value.code == "unknown-txid"
+        assert c.call("abort", txid="never-prepared")["result"] == "not prepared"
+        c.call("prepare", txid="t1", plan_id=PLAN, steps=[{"op": "add", "link": link(A, B)}])
+        c.call("abort", txid="t1")
+        with pytest.raises(ClientError) as err:
+            c.call("commit", txid="t1")
+        assert err.value.code == "aborted"
+        with pytest.raises(ClientError) as err:
+            c.call("resolve", txid="t1")
+        assert err.value.code == "not-coordinator"
+        assert c.call("status")["epoch"] == 0
+
+
+def test_register_conflicts_and_unregister(daemon):
+    _register(daemon)
+    with daemon.client() as c:
+        with pytest.raises(ClientError) as err:
+            c.call("register", service="other", symbols=[symbol(A)])
+        assert err.value.code == "conflict"
+        c.call("unregister", service="svc")
+        assert c.call("status")["symbols"] == 0
+        with pytest.raises(ClientError):
+            c.call("unregister", service="svc")
+
+
+def test_state_survives_a_clean_restart(daemon):
+    _register(daemon)
+    with daemon.client() as c:
+        c.call("prepare", txid="t1", plan_id=PLAN, steps=[{"op": "add", "link": link(A, B)}])
+        before = c.call("commit", txid="t1")["graph_hash"]
+    assert daemon.stop() == 0
+    daemon.start()
+    with daemon.client() as c:
+        status = c.call("status")
+        assert (status["graph_hash"], status["epoch"], status["symbols"]) == (before, 1, 3)
+        stats = c.call("get_stats", **{"from": A, "to": B, "class": "p2p"})
+        assert stats["since_epoch"] == 1
+        assert stats["link"]["lane"] == "shm"
+
+
+def test_a_second_daemon_on_the_same_state_is_refused(daemon, tmp_path):
+    other = Daemon(tmp_path)
+    other.socket = tmp_path / "other.sock"
+    other.start(wait=False)
+    assert other.wait_exit() == 1
+    assert "another daemon holds this state" in other.log_text()
+
+
+def test_status_command_prints_the_graph_hash_as_json(daemon):
+    _register(daemon)
+    with daemon.client() as c:
+        c.call("prepare", txid="t1", plan_id=PLAN, steps=[{"op": "add", "link": link(A, B)}])
+        c.call("commit", txid="t1")
+    done = subprocess.run([sys.executable, "-m", "rtt_controller.cli.main", "fabric", "status",
+                           "--socket", str(daemon.socket), "--format", "json"],
+                          capture_output=True, text=True, check=True)
+    status = json.loads(done.stdout)
+    assert status["node"] == NODE
+    assert status["graph_hash"] == status["graph"]["graph_hash"]
+    assert [lk["from"] for lk in status["graph"]["links"]] == [A]
+
+
+def test_a_peer_with_another_uid_is_refused(tmp_path):
+    if os.getuid() != 0:
+        pytest.fail("this test runs as root (as CI does) to act as another uid")
+    reachable = Path(tempfile.mkdtemp(prefix="rtt-uid-"))  # pytest's tmp_path is 0700
+    reachable.chmod(0o755)
+    node = Daemon(tmp_path)
+    node.socket = reachable / "fabric.sock"
+    node.start()
+    try:
+        probe = (
+            "import os, sys\n"
+            "from rtt_fabric.client import Client, ClientError\n"
+            "os.setgid(65534); os.setuid(65534)  # after the imports: /root is not readable\n"
+            "try:\n"
+            "    with Client(sys.argv[1], timeout_s=5) as c:\n"
+            "        c.call('status')\n"
+            "except ClientError as e:\n"
+            "    print(e.code)\n"
+            "except PermissionError:\n"
+            "    print('EACCES')\n"
+        )
+        args = [sys.executable, "-c", probe, str(node.socket)]
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        # The socket is 0600: another uid cannot even connect.
+        done = subprocess.run(args, capture_output=True, text=True, check=True, env=env)
+        assert done.stdout.strip() == "EACCES", done.stderr
+        # Opened up by hand, the daemon still refuses the peer by its SO_PEERCRED uid.
+        os.chmod(node.socket, 0o666)
+        done = subprocess.run(args, capture_output=True, text=True, check=True, env=env)
+        assert done.stdout.strip() == "forbidden", done.stderr
+        with node.client() as c:  # and the daemon is unharmed
+            assert c.call("status")["epoch"] == 0
+    finally:
+        assert node.stop() == 0
+        shutil.rmtree(reachable, ignore_errors=True)
