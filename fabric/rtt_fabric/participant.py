@@ -150,6 +150,10 @@ class Participant:
     # --- validation ----------------------------------------------------------------------------
 
     def _check(self, batch: Sequence[steps.Step]) -> str:
+        if self.prepared:
+            # One transaction at a time, and an in-doubt one is resolved before the next vote:
+            # the formal model relies on it (spec/invariants.md, requirement 5).
+            return f"txid {min(self.prepared)} is prepared and undecided"
         for step in batch:
             link = step.link
             if self.node not in (link.from_node, link.to_node):
@@ -159,14 +163,14 @@ class Participant:
                 if problem:
                     return f"{_show(step)}: {problem}"
         try:
-            steps.apply(self.graph, batch)
+            after = steps.apply(self.graph, batch)
         except steps.Conflict as exc:
             return f"does not apply to the committed graph: {exc}"
-        keys = {step.key for step in batch}
-        for other, held in sorted(self.prepared.items()):
-            if keys & held.keys:
-                return f"conflicts with prepared txid {other}"
-        free = self.shm_bytes - self.shm_used() - sum(p.reserved for p in self.prepared.values())
+        senders = collections.Counter(k[0] for k in after.links if k[2] == "p2p")
+        doubled = sorted(src for src, n in senders.items() if n > 1)
+        if doubled:
+            return f"{doubled[0]} would have two active p2p links"
+        free = self.shm_bytes - self.shm_used()
         need = self._needed(batch)
         if need > free:
             return f"shm budget: needs {need} ring bytes, {max(free, 0)} free"

@@ -67,16 +67,28 @@ def test_prepare_nacks_with_a_reason(daemon, step, reason):
         assert c.call("status")["in_doubt"] == []  # a NACK reserves nothing
 
 
-def test_a_prepared_link_blocks_a_second_transaction_until_decided(daemon):
+def test_one_transaction_at_a_time(daemon):
     _register(daemon)
     with daemon.client() as c:
         step = [{"op": "add", "link": link(A, B)}]
         assert c.call("prepare", txid="t1", plan_id=PLAN, steps=step)["vote"] == "ack"
-        second = c.call("prepare", txid="t2", plan_id=PLAN, steps=step)
+        other = [{"op": "add", "link": link(B, A, lane="uds")}]
+        second = c.call("prepare", txid="t2", plan_id=PLAN, steps=other)
         assert second["vote"] == "nack"
-        assert "conflicts with prepared txid t1" in second["reason"]
+        assert "txid t1 is prepared and undecided" in second["reason"]
         assert c.call("abort", txid="t1")["result"] == "aborted"
         assert c.call("prepare", txid="t3", plan_id=PLAN, steps=step)["vote"] == "ack"
+
+
+def test_prepare_refuses_a_second_active_p2p_link_for_a_sender(daemon):
+    _register(daemon)
+    with daemon.client() as c:
+        c.call("prepare", txid="t1", plan_id=PLAN, steps=[{"op": "add", "link": link(A, B)}])
+        c.call("commit", txid="t1")
+        vote = c.call("prepare", txid="t2", plan_id=PLAN,
+                      steps=[{"op": "add", "link": link(A, "rtt://d/api/c", lane="tcp")}])
+        assert vote["vote"] == "nack"
+        assert f"{A} would have two active p2p links" in vote["reason"]
 
 
 def test_out_of_order_messages_get_errors_not_crashes(daemon):
@@ -157,13 +169,11 @@ def test_a_peer_with_another_uid_is_refused(tmp_path):
     try:
         probe = (
             "import os, sys\n"
-            "from rtt_fabric.client import Client, ClientError\n"
+            "from rtt_fabric.client import Client\n"
             "os.setgid(65534); os.setuid(65534)  # after the imports: /root is not readable\n"
             "try:\n"
             "    with Client(sys.argv[1], timeout_s=5) as c:\n"
-            "        c.call('status')\n"
-            "except ClientError as e:\n"
-            "    print(e.code)\n"
+            "        print(c.receive()['error']['code'])  # refused peers are told at once\n"
             "except PermissionError:\n"
             "    print('EACCES')\n"
         )
