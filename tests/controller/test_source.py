@@ -41,3 +41,16 @@ def test_non_state_files_are_ignored(example_repo):
     example_repo.commit()
     snap = gitrepo.snapshot(gitrepo.open_repo(example_repo.path), "HEAD", ParseCache())
     assert all(f.path.endswith(".yaml") for f in snap.files)
+
+
+def test_a_folder_inside_a_repository_is_read_from_the_commit(make_repo):
+    repo = make_repo("mono")
+    repo.write("teams/a/desired/routes/r.yaml", "routes: []\n")
+    repo.write("desired/routes/root.yaml", "routes: []\n")
+    repo.commit()
+    git_repo = gitrepo.open_repo(repo.path / "teams" / "a")
+    prefix = gitrepo.prefix_of(git_repo, repo.path / "teams" / "a")
+    assert prefix == "teams/a"
+    snap = gitrepo.snapshot(git_repo, "HEAD", ParseCache(), prefix=prefix)
+    assert [f.path for f in snap.files] == ["desired/routes/r.yaml"]
+    assert snap.repo.endswith("teams/a")

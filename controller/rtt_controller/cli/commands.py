@@ -61,7 +61,7 @@ def _snapshot(repo: str, rev: str | None, cache: ParseCache) -> Snapshot:
             raise UsageError(f"{repo}: --rev needs a git repository") from None
         return directory.snapshot(root, cache)
     try:
-        return gitrepo.snapshot(git, rev or "HEAD", cache)
+        return gitrepo.snapshot(git, rev or "HEAD", cache, prefix=gitrepo.prefix_of(git, root))
     except gitrepo.SourceError as exc:
         raise UsageError(str(exc)) from None
 

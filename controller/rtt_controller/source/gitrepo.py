@@ -29,6 +29,14 @@ def open_repo(path: str | Path) -> pygit2.Repository:
     return pygit2.Repository(found)
 
 
+def prefix_of(repo: pygit2.Repository, path: str | Path) -> str:
+    """`path` relative to the repository's work tree, '/'-separated ('' for the root)."""
+    if repo.workdir is None:
+        return ""
+    rel = Path(path).resolve().relative_to(Path(repo.workdir).resolve())
+    return "" if rel == Path(".") else rel.as_posix()
+
+
 def resolve(repo: pygit2.Repository, rev: str) -> pygit2.Commit:
     try:
         obj = repo.revparse_single(rev)
@@ -55,12 +63,20 @@ def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Iterator[t
             yield path, str(entry.id)
 
 
-def snapshot(repo: pygit2.Repository, rev: str, cache: ParseCache) -> Snapshot:
+def snapshot(repo: pygit2.Repository, rev: str, cache: ParseCache, *, prefix: str = ""
+             ) -> Snapshot:
+    """The state at `rev`. `prefix` is a folder of the repository holding desired/ and
+    policies/ (empty for the repository root); file paths stay relative to it."""
     commit = resolve(repo, rev)
+    top: pygit2.Object = commit.tree
+    for part in filter(None, prefix.split("/")):
+        if not isinstance(top, pygit2.Tree) or part not in top:
+            raise SourceError(f"{prefix}: no such folder at {rev}")
+        top = repo[top[part].id]
     blobs: dict[str, str] = {}
     for root in _ROOTS:
-        if root in commit.tree:
-            sub = repo[commit.tree[root].id]
+        if isinstance(top, pygit2.Tree) and root in top:
+            sub = repo[top[root].id]
             if isinstance(sub, pygit2.Tree):
                 blobs.update(_walk(repo, sub, root + "/"))
 
@@ -70,5 +86,6 @@ def snapshot(repo: pygit2.Repository, rev: str, cache: ParseCache) -> Snapshot:
 
     files = cache.get_many([(path, oid, functools.partial(read, path))
                             for path, oid in sorted(blobs.items())])
-    return Snapshot(files=files, read=read, repo=str(repo.workdir or repo.path),
-                    commit=str(commit.id), created_at=commit_time(commit))
+    where = str(Path(repo.workdir or repo.path) / prefix) if prefix else str(repo.workdir)
+    return Snapshot(files=files, read=read, repo=where, commit=str(commit.id),
+                    created_at=commit_time(commit))
