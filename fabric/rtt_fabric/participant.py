@@ -150,31 +150,35 @@ class Participant:
     # --- validation ----------------------------------------------------------------------------
 
     def _check(self, batch: Sequence[steps.Step]) -> str:
+        """Why this batch cannot be prepared here, or "" if it can."""
         if self.prepared:
             # One transaction at a time, and an in-doubt one is resolved before the next vote:
             # the formal model relies on it (spec/invariants.md, requirement 5).
             return f"txid {min(self.prepared)} is prepared and undecided"
+        return self._check_steps(batch) or self._check_graph(batch) or self._check_budget(batch)
+
+    def _check_steps(self, batch: Sequence[steps.Step]) -> str:
         for step in batch:
             link = step.link
             if self.node not in (link.from_node, link.to_node):
                 return f"{_show(step)}: neither end is on node {self.node}"
-            if step.op is not steps.Op.DEL:
-                problem = self._endpoint_problem(link)
-                if problem:
-                    return f"{_show(step)}: {problem}"
+            problem = "" if step.op is steps.Op.DEL else self._endpoint_problem(link)
+            if problem:
+                return f"{_show(step)}: {problem}"
+        return ""
+
+    def _check_graph(self, batch: Sequence[steps.Step]) -> str:
         try:
             after = steps.apply(self.graph, batch)
         except steps.Conflict as exc:
             return f"does not apply to the committed graph: {exc}"
         senders = collections.Counter(k[0] for k in after.links if k[2] == "p2p")
         doubled = sorted(src for src, n in senders.items() if n > 1)
-        if doubled:
-            return f"{doubled[0]} would have two active p2p links"
-        free = self.shm_bytes - self.shm_used()
-        need = self._needed(batch)
-        if need > free:
-            return f"shm budget: needs {need} ring bytes, {max(free, 0)} free"
-        return ""
+        return f"{doubled[0]} would have two active p2p links" if doubled else ""
+
+    def _check_budget(self, batch: Sequence[steps.Step]) -> str:
+        free, need = self.shm_bytes - self.shm_used(), self._needed(batch)
+        return f"shm budget: needs {need} ring bytes, {max(free, 0)} free" if need > free else ""
 
     def _endpoint_problem(self, link: graph.Link) -> str:
         for saddr, node in ((link.from_, link.from_node), (link.to, link.to_node)):
