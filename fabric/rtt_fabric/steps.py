@@ -77,4 +77,4 @@ def apply(base: graph.Graph, changes: Iterable[Step]) -> graph.Graph:
             if present != step.old:
                 raise Conflict(f"update {step.key}: link absent or different")
             links[step.key] = step.link
-    return graph.Graph(dict(sorted(links.items())))
+    return graph.Graph(links)  # Graph orders by key where order matters (hash, JSON)
