@@ -38,6 +38,8 @@ test: lint pytest
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.planner
+	$(BIN)/python -m bench.wal
+	$(BIN)/python -m bench.fabric
 
 clean:
 	rm -rf $(VENV) cue/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -106,7 +106,17 @@ class Graph:
 
     @classmethod
     def of(cls, links: Iterable[Link]) -> Graph:
-        return cls({link.key: link for link in sorted(links, key=lambda lk: lk.key)})
+        # No sort here: the hash and the JSON order by key themselves.
+        return cls({link.key: link for link in links})
+
+    @functools.cached_property
+    def placement(self) -> dict[str, str]:
+        """The node of every symbol an endpoint of some link (read-only; cached per graph)."""
+        nodes: dict[str, str] = {}
+        for link in self.links.values():
+            nodes[link.from_] = link.from_node
+            nodes[link.to] = link.to_node
+        return nodes
 
     @functools.cached_property
     def hash(self) -> str:

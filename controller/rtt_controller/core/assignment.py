@@ -15,7 +15,9 @@ from rtt_controller.core.graph import Demand
 
 @dataclasses.dataclass(frozen=True)
 class Assignment:
-    lanes: Mapping[tuple[str, str, str], model.Lane]
+    # Lane names as plain str: StrEnum members hash and read in Python code, which showed up at
+    # 10k routes per replan; as values they compare equal to their names either way.
+    lanes: Mapping[tuple[str, str, str], str]
     placement: Mapping[str, str]  # saddr -> node, for every endpoint of a demand
     algorithm: str  # "ilp" or "greedy": part of the plan's content
     backend: str  # "cbc", "highs" or "greedy": provenance only
@@ -25,19 +27,11 @@ class Infeasible(Exception):
     """No assignment satisfies capacity and placement constraints."""
 
 
-def base_placement(base: inventory.Graph) -> dict[str, str]:
-    placement = {}
-    for link in base.links.values():
-        placement[link.from_] = link.from_node
-        placement[link.to] = link.to_node
-    return placement
-
-
 def score(demands: Sequence[Demand], assignment: Assignment, base: inventory.Graph,
           policy: model.Policy) -> costs.Objective:
     """The objective of an assignment, as both assigners define it."""
-    prior = base_placement(base)
-    lane_us = {lane: costs.lane_model(policy, lane).latency_us for lane in model.ALL_LANES}
+    prior = base.placement
+    lane_us = {str(lane): costs.lane_model(policy, lane).latency_us for lane in model.ALL_LANES}
     preference = latency = churn = 0
     for demand in demands:
         lane = assignment.lanes[demand.key]
@@ -45,7 +39,7 @@ def score(demands: Sequence[Demand], assignment: Assignment, base: inventory.Gra
                           and lane != demand.preferred)
         latency += lane_us[lane] * costs.traffic_weight(demand)
         old = base.links.get(demand.key)
-        churn += int(old is not None and old.lane != lane.value)
+        churn += int(old is not None and old.lane != lane)
     for saddr_, node in assignment.placement.items():
         churn += int(saddr_ in prior and prior[saddr_] != node)
     return costs.Objective(preference=preference, latency=latency, churn=churn)
@@ -64,20 +58,19 @@ def links(demands: Sequence[Demand], assignment: Assignment,
     the same `Link` object as last time, whose canonical bytes and digest are already cached.
     """
     out, seen = [], {}
-    for d in demands:
-        lane, src, dst = (assignment.lanes[d.key].value, assignment.placement[d.key[0]],
-                          assignment.placement[d.key[1]])
-        hit = memo.get(id(d)) if memo is not None else None
-        if (hit is not None and hit[0] is d and hit[1].lane == lane
-                and hit[1].from_node == src and hit[1].to_node == dst):
-            link = hit[1]
-        else:
-            link = inventory.Link(
-                from_=d.key[0], to=d.key[1], cls=d.key[2], lane=lane, from_node=src, to_node=dst,
+    lanes, placement, known = assignment.lanes, assignment.placement, memo or {}
+    for d in demands:  # the hot loop of a replan
+        key = d.key
+        lane, src, dst = lanes[key], placement[key[0]], placement[key[1]]
+        hit = known.get(id(d))
+        if (hit is None or hit[0] is not d or hit[1].lane != lane
+                or hit[1].from_node != src or hit[1].to_node != dst):
+            hit = (d, inventory.Link(
+                from_=key[0], to=key[1], cls=key[2], lane=lane, from_node=src, to_node=dst,
                 version=d.version, caps=d.caps, latency_budget_ms=d.latency_budget_ms,
-                throughput_qps=d.throughput_qps, backpressure=d.backpressure)
-        seen[id(d)] = (d, link)
-        out.append(link)
+                throughput_qps=d.throughput_qps, backpressure=d.backpressure))
+        seen[id(d)] = hit
+        out.append(hit[1])
     if memo is not None:
         memo.clear()
         memo.update(seen)

@@ -68,19 +68,18 @@ def resolve(state: DesiredState, memo: Memo | None = None) -> tuple[list[Demand]
         if sym.value.node is not None and sym.value.node not in nodes:
             findings.append(_at(sym, Rule.UNKNOWN_NODE,
                                 f"node {sym.value.node!r} is not declared in policy `nodes`"))
-    demands, seen = [], {}
-    for route in state.routes:
-        src, dst = state.symbols.get(route.value.from_), state.symbols.get(route.value.to)
-        hit = memo.routes.get(id(route))
-        if hit is not None and hit[0] is route and hit[1] is src and hit[2] is dst:
-            demand, found = hit[3], hit[4]
-        else:
-            found = []
-            demand = _resolve_route(route, state, found)
-        seen[id(route)] = (route, src, dst, demand, found)
-        findings.extend(found)
-        if demand is not None:
-            demands.append(demand)
+    demands, seen, symbols, known = [], {}, state.symbols, memo.routes
+    for route in state.routes:  # the hot loop of a replan: kept tight on purpose
+        src, dst = symbols.get(route.value.from_), symbols.get(route.value.to)
+        hit = known.get(id(route))
+        if hit is None or hit[0] is not route or hit[1] is not src or hit[2] is not dst:
+            found: list[Finding] = []
+            hit = (route, src, dst, _resolve_route(route, state, found), found)
+        if hit[4]:
+            findings.extend(hit[4])
+        seen[id(route)] = hit
+        if hit[3] is not None:
+            demands.append(hit[3])
     memo.routes = seen  # drop what this state no longer holds
     keys = frozenset(route.value.key for route in state.routes)
     if keys != memo.valid_keys:

@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rtt_controller.core import costs, inventory, model
-from rtt_controller.core.assignment import Assignment, Infeasible, LinkMemo, base_placement
+from rtt_controller.core.assignment import Assignment, Infeasible, LinkMemo
 from rtt_controller.core.graph import Demand
-
-_LANES = {lane.value: lane for lane in model.Lane}
 
 
 def assign(demands: Sequence[Demand], policy: model.Policy, base: inventory.Graph,
@@ -23,12 +21,12 @@ def assign(demands: Sequence[Demand], policy: model.Policy, base: inventory.Grap
     routes whose demand and base link are exactly what it built last time."""
     placement = _place(demands, policy, base)
     free = {n.name: costs.node_capacity(n) for n in policy.nodes}
-    lanes: dict[tuple[str, str, str], model.Lane] = {}
+    lanes: dict[tuple[str, str, str], str] = {}
     pending = []
     known = known or {}
-    for d in demands:
+    for d in demands:  # the hot loop of a replan
         kept = _kept_lane(d, placement, base, known)
-        if kept is not None and _reserve(d, kept, placement, free):
+        if kept is not None and (kept != "shm" or _reserve(d, kept, placement, free)):
             lanes[d.key] = kept
         else:
             pending.append(d)
@@ -36,7 +34,7 @@ def assign(demands: Sequence[Demand], policy: model.Policy, base: inventory.Grap
     rank = {lane: k for k, lane in enumerate(policy.routing.prefer)}
     pending.sort(key=lambda d: (-_density(d, lane_us), d.key))
     for d in pending:
-        lanes[d.key] = _best_lane(d, placement, free, lane_us, rank)
+        lanes[d.key] = str(_best_lane(d, placement, free, lane_us, rank))
     return Assignment(lanes=lanes, placement=placement, algorithm="greedy", backend="greedy")
 
 
@@ -52,27 +50,29 @@ def _link_fingerprint(link: inventory.Link) -> tuple[object, ...]:
 
 
 def _kept_lane(d: Demand, placement: dict[str, str], base: inventory.Graph,
-               known: LinkMemo) -> model.Lane | None:
-    old = base.links.get(d.key)
+               known: LinkMemo) -> str | None:
+    key = d.key
+    old = base.links.get(key)
     if old is None:
         return None
     hit = known.get(id(d))
-    same = (hit is not None and hit[0] is d and hit[1] is old
-            and placement[d.key[0]] == old.from_node and placement[d.key[1]] == old.to_node)
-    if not same:  # not built from this very demand: compare what matters, field by field
+    if (hit is None or hit[0] is not d or hit[1] is not old
+            or placement[key[0]] != old.from_node or placement[key[1]] != old.to_node):
+        # Not built from this very demand: compare what matters, field by field.
         if old.lane not in d.lanes:
             return None
-        if fingerprint(d, placement[d.key[0]], placement[d.key[1]]) != _link_fingerprint(old):
+        if fingerprint(d, placement[key[0]], placement[key[1]]) != _link_fingerprint(old):
             return None
-    lane = _LANES[old.lane]
-    return None if d.preferred in d.lanes and lane != d.preferred else lane
+    lane = old.lane
+    return None if d.preferred is not None and lane != d.preferred and d.preferred in d.lanes \
+        else lane
 
 
 def _place(demands: Sequence[Demand], policy: model.Policy, base: inventory.Graph
            ) -> dict[str, str]:
     """Fixed nodes first, then base placement, then the node most of a symbol's peers are on."""
     nodes = [n.name for n in policy.nodes]
-    placement, unplaced = _known_placement(demands, nodes, base_placement(base))
+    placement, unplaced = _known_placement(demands, nodes, base.placement)
     # Votes are counted only for symbols still unplaced: an incremental replan has none.
     peers: dict[str, dict[str, int]] = {s: {} for s in unplaced}
     for d in demands:
@@ -95,18 +95,19 @@ def _known_placement(demands: Sequence[Demand], nodes: Sequence[str], prior: dic
     """Placement fixed by the symbols, then kept from the base; and what is left to place."""
     placement: dict[str, str] = {}
     for d in demands:
-        for s, n in ((d.key[0], d.from_node), (d.key[1], d.to_node)):
-            if n is not None:
-                placement[s] = n
-    unplaced = set()
+        if d.from_node is not None:
+            placement[d.key[0]] = d.from_node
+        if d.to_node is not None:
+            placement[d.key[1]] = d.to_node
+    known_nodes, unplaced = set(nodes), set()
     for d in demands:
-        for s in (d.key[0], d.key[1]):
-            if s in placement:
-                continue
-            if prior.get(s) in nodes:
-                placement[s] = prior[s]
-            else:
-                unplaced.add(s)
+        for s in d.key[:2]:
+            if s not in placement:
+                node = prior.get(s)
+                if node in known_nodes:
+                    placement[s] = node
+                else:
+                    unplaced.add(s)
     return placement, unplaced
 
 
@@ -119,8 +120,8 @@ def _density(d: Demand, lane_us: dict[model.Lane, int]) -> float:
     return saved / costs.ring_bytes(d)
 
 
-def _reserve(d: Demand, lane: model.Lane, placement: dict[str, str], free: dict[str, int]) -> bool:
-    if lane is not model.Lane.SHM:
+def _reserve(d: Demand, lane: str, placement: dict[str, str], free: dict[str, int]) -> bool:
+    if lane != "shm":
         return True
     node, size = placement[d.key[0]], costs.ring_bytes(d)
     if free[node] < size:

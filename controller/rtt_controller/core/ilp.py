@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from rtt_controller.core import costs, inventory, model
-from rtt_controller.core.assignment import Assignment, base_placement
+from rtt_controller.core.assignment import Assignment
 from rtt_controller.core.graph import Demand
 
 Terms = tuple[tuple[str, int], ...]
@@ -118,7 +118,7 @@ def _objectives(demands: Sequence[Demand], policy: model.Policy, base: inventory
                 x: Mapping[tuple[int, model.Lane], str],
                 place: Mapping[str, Mapping[str, str]]) -> tuple[Terms, ...]:
     preference, latency, churn, tie = [], [], [], []
-    prior = base_placement(base)
+    prior = base.placement
     rank = {lane: k for k, lane in enumerate(policy.routing.prefer)}
     count = len(demands)
     for i, d in enumerate(demands):
@@ -150,6 +150,7 @@ def decode(demands: Sequence[Demand], policy: model.Policy, solution: Mapping[st
     unplaced = sorted({s for d in demands for s in (d.key[0], d.key[1]) if s not in placement})
     for i, s in enumerate(unplaced):
         placement[s] = next(n for j, n in enumerate(nodes) if solution.get(f"p{i}_{j}", 0) > 0.5)
-    lanes = {d.key: next(lane for lane in d.lanes if solution.get(f"x{i}_{lane.value}", 0) > 0.5)
+    lanes = {d.key: str(next(lane for lane in d.lanes
+                             if solution.get(f"x{i}_{lane.value}", 0) > 0.5))
              for i, d in enumerate(demands)}
     return Assignment(lanes=lanes, placement=placement, algorithm="ilp", backend=backend)

@@ -31,15 +31,26 @@ class Diff:
 
 
 def diff(base: Graph, desired: Graph) -> Diff:
-    """What must change to turn `base` into `desired`, each part in key order."""
-    added = tuple(desired.links[k] for k in sorted(desired.links.keys() - base.links.keys()))
-    removed = tuple(base.links[k] for k in sorted(base.links.keys() - desired.links.keys()))
-    changed = tuple(
-        (base.links[k], desired.links[k])
-        for k in sorted(base.links.keys() & desired.links.keys())
-        if base.links[k] is not desired.links[k] and base.links[k] != desired.links[k]
-    )
-    return Diff(added=added, removed=removed, changed=changed)
+    """What must change to turn `base` into `desired`, each part in key order.
+
+    One pass over each side: an unchanged link is usually the very same object (the planner's
+    memo reuses it), so the identity test settles most keys without comparing fields.
+    """
+    old_links, new_links = base.links, desired.links
+    added, changed = [], []
+    for key, new in new_links.items():
+        old = old_links.get(key)
+        if old is None:
+            added.append(new)
+        elif old is not new and old != new:
+            changed.append((old, new))
+    removed = [old for key, old in old_links.items() if key not in new_links]
+    return Diff(added=tuple(sorted(added, key=_key)), removed=tuple(sorted(removed, key=_key)),
+                changed=tuple(sorted(changed, key=lambda pair: pair[1].key)))
+
+
+def _key(link: Link) -> LinkKey:
+    return link.key
 
 
 def to_steps(d: Diff) -> list[steps.Step]:

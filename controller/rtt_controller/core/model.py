@@ -8,6 +8,7 @@ Called by `loading`, which maps pydantic errors to located diagnostics.
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Annotated, Literal
 
 import pydantic
@@ -121,9 +122,9 @@ class Route(Frozen):
     caps: tuple[Cap, ...] | None = None
     qos: Qos = Qos()
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[str, str, str]:
-        return (self.from_, self.to, self.class_.value)
+        return (self.from_, self.to, str(self.class_))  # str() of a StrEnum is its value
 
 
 # --- policy ---------------------------------------------------------------------------------
