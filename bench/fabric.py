@@ -19,7 +19,7 @@ sized so every shm ring fits.
   the applied routes, and `Daemon.handle` called in-process, split transport from handler time.
 - peers, in the same run: a minimal asyncio Unix-socket server echoing the same JSON frame (the
   floor of this transport), and a Cap'n Proto RPC `status() -> (epoch, graphHash)` over a Unix
-  socket (bench/capnp_peer; pycapnp is a benchmark peer installed by hand, not a dependency).
+  socket (bench/capnp_peer; pycapnp is pinned in the dev lock as a peer, RTT does not use it).
 
 WAL replay of 100k records is bench/wal.py's. Figures are medians over --runs runs (percentiles
 are taken within a run, then the median across runs). Prints Markdown tables.
@@ -374,7 +374,7 @@ def render(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
     lines = [
         f"cores: {os.cpu_count()}; Python {platform.python_version()}; {platform.system()} "
         f"{platform.release()}; median of {args.runs} runs; a fresh daemon per run, fsync on",
-        f"peer: pycapnp {capnp} (a benchmark peer installed by hand, not a project dependency)"
+        f"peer: pycapnp {capnp} (a benchmark peer from the dev lock; RTT itself does not use it)"
         if capnp else "peer: pycapnp not installed: no Cap'n Proto row",
         "",
         f"| apply {args.routes:,} routes on one node, batch {args.batch} "

@@ -41,12 +41,20 @@ def test_plan_against_itself_is_empty(state, algorithm):
     assert again.desired.graph.hash == desired.hash
 
 
-@LAWS
-@given(before=strategies.desired_states(), after=strategies.desired_states(),
-       algorithm=ALGORITHMS)
-def test_steps_then_inverses_return_the_base(before, after, algorithm):
+TRANSITIONS = given(before=strategies.desired_states(), after=strategies.desired_states(),
+                    algorithm=ALGORITHMS)
+
+
+def _transition(before, after, algorithm):
+    """Plan `before` from nothing, then `after` against it: the base graph and the plan."""
     base = _plan(before, inventory.EMPTY, algorithm).desired.graph
-    result = _plan(after, base, algorithm)
+    return base, _plan(after, base, algorithm)
+
+
+@LAWS
+@TRANSITIONS
+def test_steps_then_inverses_return_the_base(before, after, algorithm):
+    base, result = _transition(before, after, algorithm)
     forward = steps.apply(base, result.plan.steps)
     assert forward.hash == result.desired.graph.hash
     undone = steps.apply(forward, [s.inverse() for s in reversed(result.plan.steps)])
@@ -58,11 +66,9 @@ def test_steps_then_inverses_return_the_base(before, after, algorithm):
 
 
 @LAWS
-@given(before=strategies.desired_states(), after=strategies.desired_states(),
-       algorithm=ALGORITHMS)
+@TRANSITIONS
 def test_no_batch_boundary_holds_two_active_links_per_sender(before, after, algorithm):
-    base = _plan(before, inventory.EMPTY, algorithm).desired.graph
-    result = _plan(after, base, algorithm)
+    base, result = _transition(before, after, algorithm)
     by_id = dict(zip(result.plan.content["order"], result.plan.steps, strict=True))
     graph = base
     assert _active_slots_ok(graph)

@@ -113,19 +113,24 @@ def test_two_hundred_random_kills(tmp_path: Path, coordinator: Coordinator):
     model = Model(coordinator)
     for round_ in range(200):
         assert _settled_hash(daemon) == model.graph.hash, f"round {round_}"
-        stop = threading.Event()
-        worker = threading.Thread(target=_drive, args=(daemon, model, rng.random(), stop))
-        worker.start()
-        stop.wait(rng.uniform(0.0, 0.04))
-        daemon.kill()
-        stop.set()
-        worker.join(10)
+        _kill_mid_work(daemon, model, rng, within_s=0.04)
         daemon.start()
     assert _settled_hash(daemon) == model.graph.hash
     report = wal.verify(daemon.state / "wal")
     assert report.ok, report
     assert model.count > 200  # the kills landed among real work
     assert daemon.stop() == 0
+
+
+def _kill_mid_work(daemon: Daemon, model: Model, rng: random.Random, *, within_s: float) -> None:
+    """Drive transactions from a thread and SIGKILL the daemon at a random moment among them."""
+    stop = threading.Event()
+    worker = threading.Thread(target=_drive, args=(daemon, model, rng.random(), stop))
+    worker.start()
+    stop.wait(rng.uniform(0.0, within_s))
+    daemon.kill()
+    stop.set()
+    worker.join(10)
 
 
 def _drive(daemon: Daemon, model: Model, seed: float, stop: threading.Event) -> None:
@@ -183,15 +188,8 @@ def test_power_loss_never_loses_a_committed_batch(tmp_path: Path, coordinator: C
     _boot(daemon)
     model = Model(coordinator)
     for round_ in range(40):
-        acked = _settled_hash(daemon)
-        assert acked == model.graph.hash, f"round {round_}"
-        stop = threading.Event()
-        worker = threading.Thread(target=_drive, args=(daemon, model, rng.random(), stop))
-        worker.start()
-        stop.wait(rng.uniform(0.0, 0.03))
-        daemon.kill()
-        stop.set()
-        worker.join(10)
+        assert _settled_hash(daemon) == model.graph.hash, f"round {round_}"
+        _kill_mid_work(daemon, model, rng, within_s=0.03)
         wal.simulate_power_loss(daemon.state / "wal", durable)  # drop writes since last fsync
         daemon.start()
     assert _settled_hash(daemon) == model.graph.hash
