@@ -46,10 +46,6 @@ def string(value: str) -> str:
 
 def number(value: int | float) -> str:
     """The canonical JSON of one number."""
-    return _number(value)
-
-
-def _number(value: int | float) -> str:
     if isinstance(value, int):
         if abs(value) >= _MAX_SAFE:
             raise rfc8785.IntegerDomainError(value)
@@ -69,7 +65,7 @@ def _scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return _number(value)
+        return number(value)
     raise rfc8785.CanonicalizationError(f"cannot serialize {type(value).__name__}")
 
 
@@ -104,8 +100,4 @@ def dumps(value: Any) -> bytes:
 
 def digest(value: Any) -> str:
     """`sha256-<hex>` content address of a JSON-compatible value."""
-    return digest_bytes(dumps(value))
-
-
-def digest_bytes(data: bytes) -> str:
-    return "sha256-" + hashlib.sha256(data).hexdigest()
+    return "sha256-" + hashlib.sha256(dumps(value)).hexdigest()

@@ -108,6 +108,8 @@ def _plan(args: argparse.Namespace, cache: ParseCache, *, rev: str | None,
                                  progress=progress)
     except planner.Rejected as exc:
         raise _Invalid(exc.findings, snap) from None
+    except solvers.SolverUnavailable as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _progress(args: argparse.Namespace) -> planner.Progress:

@@ -16,7 +16,6 @@ Link = graph.Link
 Graph = graph.Graph
 LinkKey = graph.LinkKey
 EMPTY = graph.EMPTY
-GRAPH_KIND = graph.GRAPH_KIND
 
 
 @dataclasses.dataclass(frozen=True)
