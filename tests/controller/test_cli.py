@@ -37,6 +37,13 @@ def test_plan_writes_a_plan_that_show_reads_back(example_repo, tmp_path):
     assert "+ rtt://ui/hook/refresh -> rtt://core/api/metrics [p2p, shm]" in text
 
 
+def test_out_into_a_folder_names_the_file_by_plan_id(example_repo, tmp_path):
+    done = rtt("plan", "--repo", str(example_repo.path), "--out", f"{tmp_path}/plans/",
+               "--format", "json")
+    plan_id = json.loads(done.stdout)["plan_id"]
+    assert json.loads((tmp_path / "plans" / f"{plan_id}.json").read_text())["plan_id"] == plan_id
+
+
 def test_show_rejects_a_tampered_plan(example_repo, tmp_path):
     out = tmp_path / "p.json"
     rtt("plan", "--repo", str(example_repo.path), "--out", str(out))

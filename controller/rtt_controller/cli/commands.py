@@ -171,7 +171,9 @@ def _register_plan(p: argparse.ArgumentParser) -> None:
     base = p.add_mutually_exclusive_group()
     base.add_argument("--base", metavar="REV", help="plan against the desired state of REV")
     base.add_argument("--observed", metavar="FILE", help="plan against an observed graph JSON")
-    p.add_argument("--out", metavar="FILE", help="also write the plan JSON to FILE")
+    p.add_argument("--out", metavar="FILE",
+                   help="also write the plan JSON to FILE; a folder (ending in /) gets "
+                        "<plan_id>.json")
     p.add_argument("--graph-out", metavar="FILE", help="also write the desired graph JSON")
     _format_arg(p)
     _solver_args(p)
@@ -190,7 +192,10 @@ def plan(args: argparse.Namespace) -> int:
     result = _plan(args, cache, rev=args.rev, base=_base(args, cache))
     document = result.plan.to_json()
     if args.out:
-        _write_json(args.out, document)
+        out = Path(args.out)
+        if args.out.endswith("/") or out.is_dir():
+            out = out / f"{result.plan.plan_id}.json"
+        _write_json(str(out), document)
     if args.graph_out:
         _write_json(args.graph_out, result.desired.graph.to_json())
     _emit(result.plan, args.format)
