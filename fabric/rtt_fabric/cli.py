@@ -36,6 +36,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                          help="another uid allowed on the control socket (repeatable)")
     serve_p.add_argument("--checkpoint-every", type=int, default=10_000,
                          help="WAL records between checkpoints")
+    serve_p.add_argument("--in-doubt-after", type=float, default=5.0, metavar="SECONDS",
+                         help="ask the coordinator about a PREPARE still undecided after this")
     status_p = sub.add_parser("status", help="the observed graph and its hash")
     status_p.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
     status_p.add_argument("--format", choices=("text", "json"), default="text")
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         return daemon.serve(daemon.Config(
             state=args.state, socket=args.socket, node=args.node, shm_bytes=args.shm_mb << 20,
             coordinator=args.coordinator, allowed_uids=frozenset(args.allow_uid),
-            checkpoint_every=args.checkpoint_every), environ)
+            checkpoint_every=args.checkpoint_every, in_doubt_after_s=args.in_doubt_after),
+            environ)
     if args.fabric_command == "status":
         return _status(args)
     return _verify(args)

@@ -14,11 +14,13 @@ import contextlib
 import dataclasses
 import fcntl
 import gc
+import math
 import os
 import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -39,6 +41,7 @@ class Config:
     coordinator: Path | None = None
     allowed_uids: frozenset[int] = frozenset()  # besides the daemon's own uid
     checkpoint_every: int = 10_000  # WAL records between checkpoints: bounds replay
+    in_doubt_after_s: float = 5.0  # a prepared txid undecided this long is asked about
 
 
 class StartupError(Exception):
@@ -60,6 +63,8 @@ class Daemon:
                  log: TextIO = sys.stderr) -> None:
         self.config, self._environ, self._log = config, environ, log
         self._lock: int | None = None
+        self._bound = False  # the socket file is ours to remove only if this process bound it
+        self._prepared_at: dict[str, float] = {}  # monotonic time of each PREPARE we ACKed
         self._wal: wal.Wal | None = None
         self._since_checkpoint = 0
         self.part: participant.Participant | None = None
@@ -77,15 +82,18 @@ class Daemon:
         try:
             self._wal = wal.Wal.open(self.config.state / "wal", warn=self.say,
                                      environ=self._environ)
+            part = participant.Participant(node=self.config.node,
+                                           shm_bytes=self.config.shm_bytes, journal=self._wal,
+                                           crash=crash_points(self._environ))
+            for record in self._wal.replay():
+                if record.kind == wal.CHECKPOINT:
+                    part.restore(record.payload)
+                else:
+                    part.replay(record.kind, record.payload)
         except wal.WalCorrupt as exc:
             raise StartupError(f"refusing to start: the WAL is damaged: {exc}") from None
-        part = participant.Participant(node=self.config.node, shm_bytes=self.config.shm_bytes,
-                                       journal=self._wal, crash=crash_points(self._environ))
-        for record in self._wal.replay():
-            if record.kind == wal.CHECKPOINT:
-                part.restore(record.payload)
-            else:
-                part.replay(record.kind, record.payload)
+        except OSError as exc:
+            raise StartupError(f"refusing to start: cannot read the WAL: {exc}") from None
         self.part = part
         gc.freeze()  # the recovered table is long-lived: keep it out of every GC pass
         self.say(f"node {part.node}: epoch {part.epoch}, {len(part.graph.links)} links, "
@@ -125,6 +133,7 @@ class Daemon:
             sock.bind(str(path))
         finally:
             os.umask(old)
+        self._bound = True
         os.chmod(path, 0o600)
         sock.listen(128)
         return sock
@@ -133,8 +142,10 @@ class Daemon:
         if self._wal is not None:
             self._wal.close()
             self._wal = None
-        with contextlib.suppress(FileNotFoundError):
-            self.config.socket.unlink()
+        if self._bound:
+            with contextlib.suppress(FileNotFoundError):
+                self.config.socket.unlink()
+            self._bound = False
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -154,7 +165,7 @@ class Daemon:
                 except protocol.ProtocolError as exc:
                     writer.write(protocol.frame(protocol.error(None, exc.code, str(exc))))
                     return  # a bad length leaves the stream unframed: close it
-                writer.write(protocol.frame(self.handle(body)))
+                writer.write(_frame_reply(self.handle(body)))
                 await writer.drain()
         except (ConnectionError, OSError):
             return
@@ -179,6 +190,11 @@ class Daemon:
             return protocol.ok(request.id, **self._dispatch(request))
         except participant.Refused as exc:
             return protocol.error(request.id, exc.code, str(exc))
+        except OSError as exc:
+            # A WAL write or fsync failed after the record may have reached the log: memory and
+            # log can no longer be trusted to agree. Crash, and let recovery rebuild from the log.
+            self.say(f"storage failure ({exc}); exiting so recovery rebuilds state from the WAL")
+            os._exit(70)
 
     def _dispatch(self, request: Any) -> dict[str, Any]:
         handler: Callable[[Any], dict[str, Any]] = getattr(self, f"_on_{request.op}")
@@ -196,11 +212,14 @@ class Daemon:
         batch = [steps.Step(steps.Op(s.op), s.link.to_link(), s.old.to_link() if s.old else None)
                  for s in request.steps]
         vote = self._part().prepare(request.txid, request.plan_id, batch)
+        if vote.ack:
+            self._prepared_at.setdefault(request.txid, time.monotonic())
         return self._logged({"vote": "ack" if vote.ack else "nack", "reason": vote.reason})
 
     def _on_commit(self, request: protocol.Commit) -> dict[str, Any]:
         part = self._part()
         result = part.commit(request.txid)
+        self._prepared_at.pop(request.txid, None)
         # A committed graph lives until the next commit; freezing it spares the cyclic GC a walk
         # over every link (full passes cost 25-45 ms at 10k links: bench/fabric.py).
         gc.freeze()
@@ -208,7 +227,9 @@ class Daemon:
                              "graph_hash": part.graph.hash})
 
     def _on_abort(self, request: protocol.Abort) -> dict[str, Any]:
-        return self._logged({"result": self._part().abort(request.txid)})
+        result = self._part().abort(request.txid)
+        self._prepared_at.pop(request.txid, None)
+        return self._logged({"result": result})
 
     def _on_resolve(self, _: protocol.Resolve) -> dict[str, Any]:
         raise participant.Refused("not-coordinator", "a node daemon does not decide")
@@ -254,23 +275,40 @@ class Daemon:
     # --- in-doubt resolution -------------------------------------------------------------------
 
     async def _resolve_in_doubt(self) -> None:
-        """Ask the coordinator about each in-doubt txid until all are decided (capped backoff)."""
+        """Ask the coordinator about every transaction in doubt: at once for those recovered at
+        start-up, and for any prepared here that stays undecided past `in_doubt_after_s` (the
+        coordinator may have crashed). Runs for the daemon's life, with capped backoff."""
         delay = 0.05
-        while self.part is not None and self.part.in_doubt():
-            if self.config.coordinator is None:
-                self.say(f"in doubt {self.part.in_doubt()}: no --coordinator to ask; waiting "
-                         "for COMMIT or ABORT")
-                return
-            for txid in self.part.in_doubt():
-                decision = await asyncio.to_thread(self._ask, txid)
-                if decision == "commit":
-                    self.part.commit(txid)
-                elif decision == "abort":
-                    self.part.abort(txid)
-                if decision in ("commit", "abort"):
-                    self.say(f"in-doubt {txid} resolved: {decision}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        while True:
+            part = self._part()
+            now = time.monotonic()
+            after = self.config.in_doubt_after_s
+            doubtful = [t for t in part.in_doubt()
+                        if now - self._prepared_at.get(t, -math.inf) >= after]
+            if doubtful and self.config.coordinator is None:
+                self.say(f"in doubt {doubtful}: no --coordinator to ask; waiting for a decision")
+            elif doubtful:
+                for txid in doubtful:
+                    self._apply_decision(txid, await asyncio.to_thread(self._ask, txid))
+                delay = min(delay * 2, 5.0)
+            else:
+                delay = 0.05
+            await asyncio.sleep(max(delay, 0.05) if doubtful else 0.25)
+
+    def _apply_decision(self, txid: str, decision: str | None) -> None:
+        part = self._part()
+        if decision not in ("commit", "abort") or txid not in part.prepared:
+            return  # no answer yet, or decided meanwhile by a COMMIT/ABORT from a client
+        try:
+            if decision == "commit":
+                part.commit(txid)
+            else:
+                part.abort(txid)
+        except participant.Refused as exc:
+            self.say(f"in-doubt {txid}: {decision} refused: {exc}")
+            return
+        self._prepared_at.pop(txid, None)
+        self.say(f"in-doubt {txid} resolved: {decision}")
 
     def _ask(self, txid: str) -> str | None:
         assert self.config.coordinator is not None
@@ -280,6 +318,13 @@ class Daemon:
         except (OSError, ConnectionError, ClientError, ValueError) as exc:
             self.say(f"in-doubt {txid}: coordinator unreachable ({exc}); will retry")
             return None
+
+
+def _frame_reply(reply: dict[str, Any]) -> bytes:
+    try:
+        return protocol.frame(reply)
+    except protocol.ProtocolError as exc:  # e.g. a graph too large for one frame
+        return protocol.frame(protocol.error(reply.get("id"), exc.code, f"reply: {exc}"))
 
 
 def serve(config: Config, environ: Mapping[str, str]) -> int:

@@ -111,11 +111,11 @@ class Participant:
             return Vote(True) if held.steps == tuple(batch) else Vote(False, "txid reused")
         if txid in self.decided:
             return Vote(False, f"txid {txid} is already decided ({self.decided[txid]})")
-        reason = self._check(batch)
+        reason, reserved = self._check(batch)
         if reason:
             return Vote(False, reason)
         self._crash("prepare.before_log")
-        record = {"txid": txid, "plan_id": plan_id, "reserved": self._needed(batch),
+        record = {"txid": txid, "plan_id": plan_id, "reserved": reserved,
                   "steps": [_step_json(s) for s in batch]}
         self._log(Kind.PREPARED, record, sync=True)
         self._crash("prepare.after_log")
@@ -142,6 +142,10 @@ class Participant:
         if self.decided.get(txid) == "commit":
             raise Refused("committed", f"txid {txid} is already committed")
         if txid not in self.prepared:
+            if txid not in self.decided:
+                # Remember the presumed abort, so a PREPARE that arrives late is refused. Not
+                # fsynced: losing it in a crash only loses that refusal, never a decision.
+                self._log(Kind.ABORT, {"txid": txid}, sync=False)
             return "not prepared"
         self._log(Kind.ABORT, {"txid": txid}, sync=True)
         self._crash("abort.after_log")
@@ -152,13 +156,19 @@ class Participant:
 
     # --- validation ----------------------------------------------------------------------------
 
-    def _check(self, batch: Sequence[steps.Step]) -> str:
-        """Why this batch cannot be prepared here, or "" if it can."""
+    def _check(self, batch: Sequence[steps.Step]) -> tuple[str, int]:
+        """Why this batch cannot be prepared here ("" if it can), and the ring bytes it needs."""
         if self.prepared:
             # One transaction at a time, and an in-doubt one is resolved before the next vote:
             # the formal model relies on it (spec/invariants.md, requirement 5).
-            return f"txid {min(self.prepared)} is prepared and undecided"
-        return self._check_steps(batch) or self._check_graph(batch) or self._check_budget(batch)
+            return f"txid {min(self.prepared)} is prepared and undecided", 0
+        after = self._after(batch)
+        if isinstance(after, str):
+            return after, 0
+        need = self._net_rings(after)
+        free = self.shm_bytes - self.shm_used()
+        budget = f"shm budget: needs {need} ring bytes, {max(free, 0)} free" if need > free else ""
+        return self._check_steps(batch) or self._check_slots(batch) or budget, max(0, need)
 
     def _check_steps(self, batch: Sequence[steps.Step]) -> str:
         for step in batch:
@@ -170,13 +180,13 @@ class Participant:
                 return f"{_show(step)}: {problem}"
         return ""
 
-    def _check_graph(self, batch: Sequence[steps.Step]) -> str:
-        """Does the batch apply to the committed graph, keeping one p2p link per sender?
+    def _after(self, batch: Sequence[steps.Step]
+               ) -> dict[graph.LinkKey, graph.Link | None] | str:
+        """The links the batch touches, as the batch leaves them; or why it does not apply.
 
-        Checked against an overlay of the batch, so the cost follows the batch, not the graph.
+        An overlay over the committed graph, so the cost follows the batch, not the table.
         """
         overlay: dict[graph.LinkKey, graph.Link | None] = {}
-        senders: collections.Counter[str] = collections.Counter()
         for step in batch:
             present = overlay[step.key] if step.key in overlay else self.graph.links.get(step.key)
             expected = None if step.op is steps.Op.ADD else (
@@ -186,6 +196,11 @@ class Participant:
                         + ("link already present" if expected is None else
                            "link absent or different"))
             overlay[step.key] = None if step.op is steps.Op.DEL else step.link
+        return overlay
+
+    def _check_slots(self, batch: Sequence[steps.Step]) -> str:
+        senders: collections.Counter[str] = collections.Counter()
+        for step in batch:
             if step.link.cls == "p2p" and step.op is not steps.Op.UPDATE:
                 senders[step.link.from_] += 1 if step.op is steps.Op.ADD else -1
         for src in sorted(senders):
@@ -193,9 +208,12 @@ class Participant:
                 return f"{src} would have two active p2p links"
         return ""
 
-    def _check_budget(self, batch: Sequence[steps.Step]) -> str:
-        free, need = self.shm_bytes - self.shm_used(), self._needed(batch)
-        return f"shm budget: needs {need} ring bytes, {max(free, 0)} free" if need > free else ""
+    def _net_rings(self, after: Mapping[graph.LinkKey, graph.Link | None]) -> int:
+        """Ring bytes the batch adds, net of the rings it frees (an inverse batch frees what
+        its batch took, so it is never refused for want of its own memory)."""
+        before = sum(_ring(link, self.node) for key in after
+                     if (link := self.graph.links.get(key)) is not None)
+        return sum(_ring(link, self.node) for link in after.values() if link) - before
 
     def _endpoint_problem(self, link: graph.Link) -> str:
         for saddr, node in ((link.from_, link.from_node), (link.to, link.to_node)):
@@ -210,9 +228,6 @@ class Participant:
         if target is not None and link.version not in target.versions:
             return f"{link.to} offers {sorted(target.versions)}, not {link.version}"
         return ""
-
-    def _needed(self, batch: Iterable[steps.Step]) -> int:
-        return sum(_ring(s.link, self.node) for s in batch if s.op is not steps.Op.DEL)
 
     def shm_used(self) -> int:
         return self._shm_used
@@ -249,7 +264,11 @@ class Participant:
             self.graph = steps.apply(self.graph, held.steps)
             self._account(held.steps, sign=+1, links=self.graph.links)
             self.epoch += 1
-            self.since.update(dict.fromkeys(held.keys, self.epoch))
+            for key in held.keys:
+                if key in self.graph.links:
+                    self.since[key] = self.epoch
+                else:
+                    self.since.pop(key, None)
             self._decide(record["txid"], "commit")
         else:
             self.prepared.pop(record["txid"], None)

@@ -186,3 +186,20 @@ def test_usage_errors_exit_2(argv, code, repo, capsys):
     else:
         assert main.main(argv) == code
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_value_yaml_cannot_build_is_an_error_not_a_crash(repo, capsys):
+    repo.write("desired/routes/r.yaml", ROUTES + "    when: 2001-02-30\n")
+    code, _, err = _validate(repo, capsys)
+    assert code == 1
+    assert "desired/routes/r.yaml:1: yaml-syntax: a value cannot be read" in err
+
+
+def test_an_error_inside_a_version_list_names_the_item_once(repo, capsys):
+    repo.write("desired/symbols/s.yaml", SYMBOLS.replace(
+        "    version: [1.4.0, 2.0.0]\n", "    version:\n      - 1.4.0\n      - not-a-version\n"))
+    code, _, err = _validate(repo, capsys)
+    assert code == 1
+    located = [line for line in err.splitlines() if line.startswith("desired/symbols/")]
+    assert len(located) == 1, located
+    assert located[0].startswith("desired/symbols/s.yaml:11: bad-version: ")

@@ -33,17 +33,19 @@ class Daemon:
 
     def __init__(self, root: Path, *, coordinator: Path | None = None,
                  env: dict[str, str] | None = None, shm_mb: int = 64,
-                 checkpoint_every: int = 10_000) -> None:
+                 checkpoint_every: int = 10_000, in_doubt_after: float = 5.0) -> None:
         self.state, self.socket = root / "state", root / "fabric.sock"
         self.coordinator, self.env = coordinator, env or {}
         self.shm_mb, self.checkpoint_every = shm_mb, checkpoint_every
+        self.in_doubt_after = in_doubt_after
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "daemon.log"
 
     def start(self, *, wait: bool = True, **env: str) -> Daemon:
         argv = [sys.executable, "-m", "rtt_controller.cli.main", "fabric", "serve",
                 "--state", str(self.state), "--socket", str(self.socket), "--node", NODE,
-                "--shm-mb", str(self.shm_mb), "--checkpoint-every", str(self.checkpoint_every)]
+                "--shm-mb", str(self.shm_mb), "--checkpoint-every", str(self.checkpoint_every),
+                "--in-doubt-after", str(self.in_doubt_after)]
         if self.coordinator is not None:
             argv += ["--coordinator", str(self.coordinator)]
         with open(self.log, "ab") as log:

@@ -136,12 +136,15 @@ def test_state_survives_a_clean_restart(daemon):
         assert stats["link"]["lane"] == "shm"
 
 
-def test_a_second_daemon_on_the_same_state_is_refused(daemon, tmp_path):
-    other = Daemon(tmp_path)
-    other.socket = tmp_path / "other.sock"
-    other.start(wait=False)
-    assert other.wait_exit() == 1
-    assert "another daemon holds this state" in other.log_text()
+def test_a_second_daemon_is_refused_and_leaves_the_first_alone(daemon, tmp_path):
+    for socket_path in (tmp_path / "other.sock", daemon.socket):
+        other = Daemon(tmp_path)
+        other.socket = socket_path
+        other.start(wait=False)
+        assert other.wait_exit() == 1
+        assert "another daemon holds this state" in other.log_text()
+        with daemon.client() as c:  # the first daemon's socket is still there and answers
+            assert c.call("status")["epoch"] == 0
 
 
 def test_status_command_prints_the_graph_hash_as_json(daemon):
@@ -191,3 +194,42 @@ def test_a_peer_with_another_uid_is_refused(tmp_path):
     finally:
         assert node.stop() == 0
         shutil.rmtree(reachable, ignore_errors=True)
+
+
+def test_a_late_prepare_after_a_presumed_abort_is_refused(daemon):
+    _register(daemon)
+    with daemon.client() as c:
+        assert c.call("abort", txid="t9")["result"] == "not prepared"
+        vote = c.call("prepare", txid="t9", plan_id=PLAN, steps=[{"op": "add", "link": link(A, B)}])
+        assert vote["vote"] == "nack"
+        assert "already decided (abort)" in vote["reason"]
+        assert c.call("status")["in_doubt"] == []
+
+
+def test_the_shm_budget_counts_what_a_batch_frees(tmp_path, coordinator):
+    one_ring = graph.ring_bytes(1000, 10)  # the rings of link() below
+    node = Daemon(tmp_path, coordinator=coordinator.path, shm_mb=1).start()
+    try:
+        with node.client() as c:
+            c.call("register", service="svc", symbols=[symbol(A), symbol(B), symbol(C)])
+            filler = [{"op": "add", "link": link(f"rtt://d/api/f{i}", B)}
+                      for i in range((1 << 20) // one_ring - 1)]
+            c.call("register", service="fill", symbols=[symbol(s["link"]["from"]) for s in filler])
+            c.call("prepare", txid="t0", plan_id=PLAN, steps=filler)
+            c.call("commit", txid="t0")
+            c.call("prepare", txid="t1", plan_id=PLAN, steps=[{"op": "add", "link": link(A, B)}])
+            c.call("commit", txid="t1")
+            assert c.call("status")["shm_used"] == 1 << 20  # full
+            changed = {**link(A, B), "qos": {**link(A, B)["qos"], "backpressure": "nack"}}
+            update = [{"op": "update", "link": changed, "old": link(A, B)}]
+            assert c.call("prepare", txid="t2", plan_id=PLAN, steps=update)["vote"] == "ack"
+            c.call("commit", txid="t2")
+            swap = [{"op": "del", "link": changed}, {"op": "add", "link": link(C, B)}]
+            assert c.call("prepare", txid="t3", plan_id=PLAN, steps=swap)["vote"] == "ack"
+            c.call("commit", txid="t3")
+            more = [{"op": "add", "link": link(A, C, lane="shm")}]
+            vote = c.call("prepare", txid="t4", plan_id=PLAN, steps=more)
+            assert vote["vote"] == "nack"
+            assert "shm budget" in vote["reason"]
+    finally:
+        assert node.stop() == 0

@@ -194,3 +194,17 @@ def test_power_loss_never_loses_a_committed_batch(tmp_path: Path, coordinator: C
         daemon.start()
     assert _settled_hash(daemon) == model.graph.hash
     assert daemon.stop() == 0
+
+
+def test_a_prepare_left_undecided_while_running_is_asked_about(tmp_path: Path,
+                                                             coordinator: Coordinator):
+    daemon = Daemon(tmp_path, coordinator=coordinator.path, in_doubt_after=0.3)
+    _boot(daemon)
+    batch = [{"op": "add", "link": link(SYMS[0], SYMS[4])}]
+    with daemon.client() as c:
+        assert c.call("prepare", txid="t1", plan_id=PLAN, steps=batch)["vote"] == "ack"
+    coordinator.decisions["t1"] = "commit"  # then the coordinator goes quiet
+    expected = graph.Graph.of([graph.Link.from_json(batch[0]["link"])])
+    assert _settled_hash(daemon) == expected.hash
+    assert "t1" in coordinator.asked
+    assert daemon.stop() == 0

@@ -119,6 +119,8 @@ def read(path: str, data: bytes) -> Any:
         return _fail(path, Rule.YAML_SYNTAX, str(problem), line)
     except RecursionError:
         return _fail(path, Rule.YAML_SYNTAX, "document nests too deeply", 1)
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a timestamp like 2001-02-30
+        return _fail(path, Rule.YAML_SYNTAX, f"a value cannot be read: {exc}", 1)
     return document
 
 
@@ -194,9 +196,12 @@ _RULE_BY_ERROR = {
 
 
 def _from_pydantic(path: str, prefix: Loc, exc: pydantic.ValidationError) -> list[Finding]:
-    findings = []
+    findings: list[Finding] = []
+    seen: set[tuple[Loc, Rule]] = set()
     for error in exc.errors(include_url=False):
-        loc = prefix + tuple(error["loc"])
+        # pydantic names union branches in `loc` ("tuple[function-after[...]]"); they are no
+        # place in the file, so drop them, and report each place and rule once.
+        loc = prefix + tuple(p for p in error["loc"] if isinstance(p, int) or "[" not in p)
         rule = _RULE_BY_ERROR.get(error["type"], Rule.SCHEMA)
         field = ".".join(str(part) for part in loc)
         if rule is Rule.UNKNOWN_FIELD:
@@ -205,8 +210,13 @@ def _from_pydantic(path: str, prefix: Loc, exc: pydantic.ValidationError) -> lis
             message = f"missing field `{field}`"
         else:
             message = f"`{field}`: {error['msg']}"
-        findings.append(Finding(path, loc, rule, message))
-    return findings
+        if (loc, rule) not in seen:
+            seen.add((loc, rule))
+            findings.append(Finding(path, loc, rule, message))
+    # When one union branch failed deeper than another, the deeper error is the one that says
+    # what is wrong ("item 2 is not a version" rather than "not a string").
+    return [f for f in findings
+            if not any(len(g.loc) > len(f.loc) and g.loc[:len(f.loc)] == f.loc for g in findings)]
 
 
 # --- locating -------------------------------------------------------------------------------
@@ -251,6 +261,8 @@ def _line_of(node: Any, loc: Sequence[str | int]) -> int:
             child = node.value[part]
         if child is None:
             break
+        # A mapping value that is a scalar reports at its key; anything else at its own line.
+        if not isinstance(child, yaml.ScalarNode) or isinstance(node, yaml.SequenceNode):
+            line = child.start_mark.line + 1
         node = child
-        line = node.start_mark.line + 1 if not isinstance(node, yaml.ScalarNode) else line
     return line
