@@ -9,8 +9,12 @@ a solver seam (`rtt_controller.solvers`) solves it and `decode` maps the solutio
 - z[r,n] >= x[r,shm] + p[from,n] - 1 counts r's ring against node n's shm budget.
 
 Objectives, in order: unmet route lane preferences, traffic-weighted latency, churn against the
-base, then a canonical tie-break (earlier routes and symbols get earlier-preferred lanes and
-nodes) so that every solver that reaches the optimum returns the same assignment.
+base, then a canonical tie-break that weights each lane and node choice by its preference rank
+and by the route's or symbol's canonical position (earlier ones get earlier-preferred choices).
+The weights make remaining ties rare, not impossible: two assignments can still tie on the sum
+(for example two routes trading shm for lanes of equal cost). CBC and HiGHS agree on every
+instance the tests and benchmarks use; a tie the weights cannot break would show as two solvers
+disagreeing on the plan id, which tests/controller/test_determinism.py checks.
 """
 
 from __future__ import annotations
