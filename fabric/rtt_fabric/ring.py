@@ -1,0 +1,166 @@
+"""The shm lane's ring: a memfd-backed SPSC ring, its eventfd doorbell and the wait policy.
+
+The hot path (push, pop, drain, send_many) lives in the C extension `rtt_fabric._ring`; this
+module owns the resources around it. The daemon calls `create` at route setup and hands the two
+file descriptors (ring memfd, doorbell eventfd) to each end with `send_fd` over its Unix control
+socket; each service end calls `recv_fd` and `attach`. No descriptor moves on the hot path.
+
+The byte layout and the ordering rules are in `fabric/FRAME.md`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import os
+import socket
+import time
+
+from rtt_fabric import _ring
+
+__all__ = [
+    "CorruptFrame",
+    "RingMap",
+    "WaitPolicy",
+    "attach",
+    "crc32c",
+    "create",
+    "recv",
+    "recv_fd",
+    "ring_bytes",
+    "send_fd",
+    "slot_size_for",
+]
+
+CorruptFrame = _ring.CorruptFrame
+crc32c = _ring.crc32c
+
+
+@dataclasses.dataclass(frozen=True)
+class WaitPolicy:
+    """How a consumer waits for the next frame.
+
+    The default spins `spin` polls (about 25 ns each, so ~5 µs) and then sleeps on the eventfd
+    doorbell; `backstop_ms` bounds each sleep so that a lost wake-up costs a delay, never a hang.
+    `busy_poll` never sleeps: lowest latency, one core burned.
+    """
+
+    spin: int = 200
+    backstop_ms: int = 100
+    busy_poll: bool = False
+
+
+@dataclasses.dataclass
+class RingMap:
+    """One end's handle on a ring: the memfd, its mapping, the doorbell and the C ring over them.
+
+    `close()` releases the ring, unmaps and closes both descriptors it owns.
+    """
+
+    fd: int
+    doorbell: int
+    mapping: mmap.mmap
+    ring: _ring.Ring
+
+    def close(self) -> None:
+        self.ring.close()
+        self.mapping.close()
+        for fd in (self.fd, self.doorbell):
+            if fd >= 0:
+                os.close(fd)
+
+    def __enter__(self) -> RingMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ring_bytes(*, slot_count: int, slot_size: int) -> int:
+    """Size of the memfd for a ring of this geometry: the control block plus the slots."""
+    return _ring.CONTROL_SIZE + slot_count * slot_size
+
+
+def slot_size_for(max_payload: int) -> int:
+    """The smallest valid slot size (a multiple of 64) that carries `max_payload` bytes."""
+    return -(-(max_payload + _ring.FRAME_HEADER) // 64) * 64
+
+
+def create(*, slot_count: int, max_payload: int, doorbell: bool = True,
+           name: str = "rtt-ring") -> RingMap:
+    """Create a formatted ring in a new memfd (and an eventfd doorbell unless `doorbell=False`).
+
+    Raises ValueError when `slot_count` is not a power of two.
+    """
+    slot_size = slot_size_for(max_payload)
+    size = ring_bytes(slot_count=slot_count, slot_size=slot_size)
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        _ring.format(mapping, slot_count, slot_size)
+    except BaseException:
+        mapping.close()
+        os.close(fd)
+        raise
+    bell = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if doorbell else -1
+    return RingMap(fd=fd, doorbell=bell, mapping=mapping, ring=_ring.Ring(mapping, doorbell=bell))
+
+
+def attach(fd: int, *, doorbell: int = -1) -> RingMap:
+    """Map an existing ring memfd (received with `recv_fd`); takes ownership of both fds.
+
+    Raises ValueError if the memfd does not hold a ring this version understands.
+    """
+    size = os.fstat(fd).st_size
+    mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        ring = _ring.Ring(mapping, doorbell=doorbell)
+    except BaseException:
+        mapping.close()
+        raise
+    return RingMap(fd=fd, doorbell=doorbell, mapping=mapping, ring=ring)
+
+
+def send_fd(sock: socket.socket, fd: int) -> None:
+    """Pass one descriptor over a connected AF_UNIX socket (SCM_RIGHTS); setup time only."""
+    socket.send_fds(sock, [b"F"], [fd])
+
+
+def recv_fd(sock: socket.socket) -> int:
+    """Receive one descriptor sent with `send_fd`. Raises ConnectionError if none arrives."""
+    _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1)
+    if len(fds) != 1:
+        raise ConnectionError("expected one file descriptor over SCM_RIGHTS")
+    return fds[0]
+
+
+def recv(end: RingMap, policy: WaitPolicy, *,
+         timeout_s: float | None = None) -> tuple[int, int, bytes] | None:
+    """Pop the next frame, waiting by `policy`; None once `timeout_s` passes with nothing.
+
+    Raises CorruptFrame (after counting it) for a frame that fails its crc32c or magic check.
+    """
+    ring = end.ring
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        frame = ring.pop()
+        if frame is not None:
+            return frame
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        if policy.busy_poll:
+            ring.wait(policy.spin, 0)
+        else:
+            ring.wait(policy.spin, _sleep_ms(policy.backstop_ms, deadline))
+
+
+def _sleep_ms(backstop_ms: int, deadline: float | None) -> int:
+    if deadline is None:
+        return backstop_ms
+    left = int((deadline - time.monotonic()) * 1000) + 1
+    return max(0, min(backstop_ms, left))
