@@ -36,7 +36,6 @@ class Rule(enum.StrEnum):
     NO_LANE = "no-feasible-lane"
     CYCLE = "dependency-cycle"
     INFEASIBLE = "plan-infeasible"
-    BAD_BASE = "bad-base-graph"
 
 
 HINTS: dict[Rule, str] = {
@@ -63,7 +62,6 @@ HINTS: dict[Rule, str] = {
     Rule.NO_LANE: "no lane meets the route's constraints; relax the pin, budget or placement",
     Rule.CYCLE: "routes must form a DAG so they can be wired downstream-first; break the loop",
     Rule.INFEASIBLE: "capacities cannot hold every route; raise node capacity or relax pins",
-    Rule.BAD_BASE: "the observed graph file must be a graph JSON as written by `rtt plan`",
 }
 
 
