@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from rtt_controller import solvers
 from rtt_controller.core import inventory, plan, planner
 from rtt_controller.core.plan import Provenance
+from rtt_fabric import graph as fabric_graph
 from rtt_fabric import steps
 from tests import strategies
 
@@ -95,3 +96,27 @@ def test_a_p2p_slot_is_freed_before_it_is_refilled():
     content = _plan(state, base, "ilp").plan.content
     assert content["order"] == ["D1", "A1"]
     assert content["batches"] == [["D1"], ["A1"]]
+
+
+def test_ring_memory_is_freed_before_it_is_taken_on_a_full_node():
+    syms = [{"saddr": f"rtt://d/api/{n}", "type": "api", "version": "1.0.0", "caps": ["c"],
+             "node": "n0", "lanes": ["shm"]} for n in ("a", "b", "z", "w")]
+    qos = {"throughput_qps": 50000, "latency_budget_ms": 10}  # one 256 KiB ring each
+    policy = {"acl": {"default": "allow"}, "nodes": [{"name": "n0", "shm_mb": 1}],
+              "rollout": {"batch_size": 1}}
+    old = [{"from": f"rtt://d/api/{s}", "to": "rtt://d/api/w", "class": "bus", "qos": qos}
+           for s in ("z", "a", "b")]
+    base = _plan({"symbols": syms, "routes": old, "policy": policy}, inventory.EMPTY,
+                 "greedy").desired.graph
+    new = [*old[1:], {"from": "rtt://d/api/a", "to": "rtt://d/api/z", "class": "bus", "qos": qos},
+           {"from": "rtt://d/api/b", "to": "rtt://d/api/z", "class": "bus", "qos": qos}]
+    result = _plan({"symbols": syms, "routes": new, "policy": policy}, base, "greedy")
+    content = result.plan.content
+    assert content["order"][0].startswith("D")  # the removal frees the ring the adds need
+    by_id = dict(zip(content["order"], result.plan.steps, strict=True))
+    state = base
+    for batch in content["batches"]:  # one step each: every intermediate graph is visible
+        state = steps.apply(state, [by_id[i] for i in batch])
+        rings = sum(fabric_graph.ring_bytes(link.throughput_qps, link.latency_budget_ms)
+                    for link in state.links.values() if link.lane == "shm")
+        assert rings <= 1 << 20
