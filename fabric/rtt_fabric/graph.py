@@ -113,7 +113,8 @@ class Graph:
     def placement(self) -> dict[str, str]:
         """The node of every symbol an endpoint of some link (read-only; cached per graph)."""
         nodes: dict[str, str] = {}
-        for link in self.links.values():
+        for key in sorted(self.links):  # in key order, so a base that disagrees with itself
+            link = self.links[key]       # about a symbol's node still reads one way only
             nodes[link.from_] = link.from_node
             nodes[link.to] = link.to_node
         return nodes

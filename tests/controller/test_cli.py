@@ -121,3 +121,29 @@ def test_markdown_plan_of_the_example(example_repo):
     done = rtt("plan", "--repo", str(example_repo.path), "--format", "markdown")
     assert done.returncode == 0
     assert "#### Added (26)" in done.stdout
+
+
+@pytest.mark.parametrize("content", ["[]", '{"kind": "rtt.graph/v1", "links": [{"from": 1}]}',
+                                     "not json"])
+def test_a_bad_observed_file_is_a_usage_error(example_repo, tmp_path, content):
+    observed = tmp_path / "observed.json"
+    observed.write_text(content)
+    done = rtt("plan", "--repo", str(example_repo.path), "--observed", str(observed))
+    assert done.returncode == 2, done.stderr
+    assert "not a graph file" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unwritable_out_path_is_a_usage_error(example_repo, tmp_path):
+    (tmp_path / "file").write_text("")
+    done = rtt("plan", "--repo", str(example_repo.path), "--out", str(tmp_path / "file" / "p.json"))
+    assert done.returncode == 2, done.stderr
+    assert "cannot write" in done.stderr
+
+
+def test_an_untracked_folder_inside_a_repository_is_read_from_disk(example_repo):
+    shutil.copytree(example_repo.path / "desired", example_repo.path / "draft" / "desired")
+    shutil.copytree(example_repo.path / "policies", example_repo.path / "draft" / "policies")
+    done = rtt("validate", "--repo", str(example_repo.path / "draft"), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["commit"] is None

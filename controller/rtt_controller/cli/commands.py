@@ -60,8 +60,11 @@ def _snapshot(repo: str, rev: str | None, cache: ParseCache) -> Snapshot:
         if rev is not None:
             raise UsageError(f"{repo}: --rev needs a git repository") from None
         return directory.snapshot(root, cache)
+    prefix = gitrepo.prefix_of(git, root)
+    if rev is None and prefix and not gitrepo.tracked(git, prefix):
+        return directory.snapshot(root, cache)  # a folder git does not know: read it from disk
     try:
-        return gitrepo.snapshot(git, rev or "HEAD", cache, prefix=gitrepo.prefix_of(git, root))
+        return gitrepo.snapshot(git, rev or "HEAD", cache, prefix=prefix)
     except gitrepo.SourceError as exc:
         raise UsageError(str(exc)) from None
 
@@ -89,10 +92,12 @@ def _print_json(value: Any) -> None:
 def _load_graph(path: str) -> inventory.Graph:
     try:
         graph = inventory.Graph.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        graph.hash  # noqa: B018 - hashing validates every value (finite numbers, encodable text)
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"{path}: not a graph file ({exc})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # rfc8785 errors included
+        raise UsageError(f"{path}: not a graph file as `rtt plan --graph-out` writes ({exc!r})"
+                         ) from None
     return graph
 
 
@@ -204,10 +209,13 @@ def plan(args: argparse.Namespace) -> int:
 
 def _write_json(path: str, value: Any) -> None:
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(_json_bytes(value))
-    tmp.replace(target)  # atomic: a reader never sees half a plan
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(_json_bytes(value))
+        tmp.replace(target)  # atomic: a reader never sees half a plan
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _emit(built: plan_mod.Plan, fmt: str, *, title: str = "RTT plan") -> None:

@@ -32,7 +32,9 @@ def assign(demands: Sequence[Demand], policy: model.Policy, base: inventory.Grap
             pending.append(d)
     lane_us = {lane: costs.lane_model(policy, lane).latency_us for lane in model.ALL_LANES}
     rank = {lane: k for k, lane in enumerate(policy.routing.prefer)}
-    pending.sort(key=lambda d: (-_density(d, lane_us), d.key))
+    # Routes with one usable lane (pins, single-lane symbols) go first: they cannot move, so
+    # flexible routes must not take their shm before them. Then latency saved per ring byte.
+    pending.sort(key=lambda d: (len(d.lanes) > 1, -_density(d, lane_us), d.key))
     for d in pending:
         lanes[d.key] = str(_best_lane(d, placement, free, lane_us, rank))
     return Assignment(lanes=lanes, placement=placement, algorithm="greedy", backend="greedy")

@@ -29,6 +29,20 @@ def open_repo(path: str | Path) -> pygit2.Repository:
     return pygit2.Repository(found)
 
 
+def tracked(repo: pygit2.Repository, prefix: str) -> bool:
+    """Whether HEAD holds the folder `prefix` (False in a repository with no commit yet)."""
+    try:
+        commit = resolve(repo, "HEAD")
+    except SourceError:
+        return False
+    top: pygit2.Object = commit.tree
+    for part in prefix.split("/"):
+        if not isinstance(top, pygit2.Tree) or part not in top:
+            return False
+        top = repo[top[part].id]
+    return isinstance(top, pygit2.Tree)
+
+
 def prefix_of(repo: pygit2.Repository, path: str | Path) -> str:
     """`path` relative to the repository's work tree, '/'-separated ('' for the root)."""
     if repo.workdir is None:
@@ -59,7 +73,8 @@ def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Iterator[t
             sub = repo[entry.id]
             assert isinstance(sub, pygit2.Tree)
             yield from _walk(repo, sub, path + "/")
-        elif entry.type_str == "blob" and loading.is_state_file(path):
+        elif (entry.type_str == "blob" and entry.filemode != pygit2.GIT_FILEMODE_LINK
+              and loading.is_state_file(path)):  # a symlink's blob is its target path, not YAML
             yield path, str(entry.id)
 
 
