@@ -31,7 +31,7 @@ def score(demands: Sequence[Demand], assignment: Assignment, base: inventory.Gra
           policy: model.Policy) -> costs.Objective:
     """The objective of an assignment, as both assigners define it."""
     prior = base.placement
-    lane_us = {str(lane): costs.lane_model(policy, lane).latency_us for lane in model.ALL_LANES}
+    lane_us = costs.lane_latencies(policy)
     preference = latency = churn = 0
     for demand in demands:
         lane = assignment.lanes[demand.key]

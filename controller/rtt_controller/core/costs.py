@@ -34,6 +34,11 @@ def latency_cost(demand: Demand, lane: model.Lane, policy: model.Policy) -> int:
     return lane_model(policy, lane).latency_us * traffic_weight(demand)
 
 
+def lane_latencies(policy: model.Policy) -> dict[str, int]:
+    """Predicted latency per lane name, for loops that price many routes."""
+    return {str(lane): lane_model(policy, lane).latency_us for lane in model.ALL_LANES}
+
+
 def lane_model(policy: model.Policy, lane: model.Lane) -> model.LaneModel:
     return policy.lanes.get(lane, model.DEFAULT_LANE_MODELS[lane])
 

@@ -30,7 +30,7 @@ def assign(demands: Sequence[Demand], policy: model.Policy, base: inventory.Grap
             lanes[d.key] = kept
         else:
             pending.append(d)
-    lane_us = {lane: costs.lane_model(policy, lane).latency_us for lane in model.ALL_LANES}
+    lane_us = costs.lane_latencies(policy)
     rank = {lane: k for k, lane in enumerate(policy.routing.prefer)}
     # Routes with one usable lane (pins, single-lane symbols) go first: they cannot move, so
     # flexible routes must not take their shm before them. Then latency saved per ring byte.
@@ -113,7 +113,7 @@ def _known_placement(demands: Sequence[Demand], nodes: Sequence[str], prior: dic
     return placement, unplaced
 
 
-def _density(d: Demand, lane_us: dict[model.Lane, int]) -> float:
+def _density(d: Demand, lane_us: dict[str, int]) -> float:
     """Latency saved by shm over the next-best lane, per ring byte."""
     if model.Lane.SHM not in d.lanes or len(d.lanes) == 1:
         return 0.0
@@ -133,7 +133,7 @@ def _reserve(d: Demand, lane: str, placement: dict[str, str], free: dict[str, in
 
 
 def _best_lane(d: Demand, placement: dict[str, str], free: dict[str, int],
-               lane_us: dict[model.Lane, int], rank: dict[model.Lane, int]) -> model.Lane:
+               lane_us: dict[str, int], rank: dict[model.Lane, int]) -> model.Lane:
     """The preferred lane if any, then the lowest latency (the route's traffic weight is common
     to all its lanes, so it does not change the order), then `routing.prefer` order."""
     local = placement[d.key[0]] == placement[d.key[1]]
