@@ -36,8 +36,11 @@
 #define FRAME_MAGIC 0x46545452u /* "RTTF" little-endian */
 #define FRAME_HEADER 32u        /* 24-byte DESIGN.md header + u64 enqueue timestamp */
 #define FLAG_TIMESTAMP 0x0001u
+#define FLAG_MARK 0x0002u       /* admitted over the route's rate under the `mark` policy */
+#define FLAG_MASK 0x0002u       /* flags a sender may set */
 
 /* Control block offsets: one cache line each for the geometry, head, tail and the doorbell. */
+#define OFF_SEALED 16u
 #define OFF_HEAD 64u
 #define OFF_TAIL 128u
 #define OFF_CRC_ERRORS 136u
@@ -57,6 +60,77 @@ typedef struct {
 _Static_assert(sizeof(frame_hdr) == FRAME_HEADER, "frame header is 32 bytes");
 
 static PyObject *CorruptFrame;
+
+/* ---------------------------------------------------------------- the flight page ---- */
+/* A per-route page of counters and a latency histogram (fabric/FRAME.md, "Flight page"). Each
+ * 64-byte line has one writer: the daemon (header, breaker), the producer, or the consumer. The
+ * daemon reads the page while both ends run; every store is a relaxed atomic so no read tears. */
+
+#define FLIGHT_MAGIC 0x4C545452u /* "RTTL" little-endian */
+#define FLIGHT_VERSION 1u
+#define FLIGHT_SUB_BITS 6u
+#define FLIGHT_SUB (1u << FLIGHT_SUB_BITS)
+#define FLIGHT_BUCKETS 2048u     /* 64 linear + 31 octaves x 64: exact to 64 ns, 1/64 after */
+#define FLIGHT_HIST 256u         /* byte offset of bucket 0 */
+#define FLIGHT_SIZE (FLIGHT_HIST + 8u * FLIGHT_BUCKETS)
+/* u64 word indices of the counters */
+enum {
+    F_TX_FRAMES = 8, F_TX_BYTES, F_DROPS, F_MARKED, F_NACKED, F_BUFFERED, F_TX_SYSCALLS, F_OVERSIZE,
+    F_RX_FRAMES = 16, F_RX_BYTES, F_CRC_ERRORS, F_RX_SYSCALLS, F_RX_MARKED,
+    F_BREAKER = 24, /* u32 state at byte 192, set by the daemon */
+    F_LAST = 31,
+};
+
+static inline void fl_add(uint64_t *fl, int word, uint64_t n) {
+    _Atomic uint64_t *w = (_Atomic uint64_t *)(fl + word);
+    atomic_store_explicit(w, atomic_load_explicit(w, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static inline uint32_t fl_bucket(uint64_t v) {
+    if (v < FLIGHT_SUB) {
+        return (uint32_t)v;
+    }
+    uint32_t e = 63u - (uint32_t)__builtin_clzll(v); /* >= FLIGHT_SUB_BITS */
+    uint32_t idx = (e - FLIGHT_SUB_BITS + 1u) * FLIGHT_SUB
+                 + (uint32_t)((v >> (e - FLIGHT_SUB_BITS)) & (FLIGHT_SUB - 1u));
+    return idx < FLIGHT_BUCKETS ? idx : FLIGHT_BUCKETS - 1u;
+}
+
+/* One received frame: counters and its enqueue-to-dequeue latency. */
+static inline void fl_received(uint64_t *fl, uint64_t lat_ns, uint64_t nbytes, int marked) {
+    fl_add(fl, F_RX_FRAMES, 1);
+    fl_add(fl, F_RX_BYTES, nbytes);
+    if (marked) {
+        fl_add(fl, F_RX_MARKED, 1);
+    }
+    fl_add(fl, (int)(FLIGHT_HIST / 8u + fl_bucket(lat_ns)), 1);
+}
+
+/* Borrow a writable flight page from a buffer object; NULL (no exception) for None. */
+static int fl_get(PyObject *obj, Py_buffer *view, uint64_t **out) {
+    *out = NULL;
+    if (obj == NULL || obj == Py_None) {
+        return 0;
+    }
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE) < 0) {
+        return -1;
+    }
+    uint32_t magic;
+    if ((size_t)view->len < FLIGHT_SIZE || ((uintptr_t)view->buf & 7u)) {
+        goto bad;
+    }
+    memcpy(&magic, view->buf, 4);
+    if (magic != FLIGHT_MAGIC) {
+        goto bad;
+    }
+    *out = (uint64_t *)view->buf;
+    return 0;
+bad:
+    PyBuffer_Release(view);
+    PyErr_SetString(PyExc_ValueError, "buffer does not hold a flight page (see FRAME.md)");
+    return -1;
+}
 
 /* ---------------------------------------------------------------- crc32c (Castagnoli) ---- */
 
@@ -182,6 +256,7 @@ typedef struct {
     _Atomic uint64_t *tail;
     _Atomic uint64_t *crc_errors;
     _Atomic uint32_t *waiting;
+    _Atomic uint32_t *sealed;
     uint64_t mask;
     uint32_t slot_count;
     uint32_t slot_size;
@@ -189,6 +264,8 @@ typedef struct {
     uint64_t seen_tail; /* producer's last view of tail: re-read only when the ring looks full */
     uint64_t seen_head; /* consumer's last view of head: re-read only when the ring looks empty */
     int doorbell;
+    Py_buffer flight_view;
+    uint64_t *fl; /* the route's flight page, or NULL */
 } Ring;
 
 static int ring_check(Ring *self) {
@@ -200,10 +277,10 @@ static int ring_check(Ring *self) {
 }
 
 static int ring_init(Ring *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"buffer", "doorbell", NULL};
-    PyObject *buf;
+    static char *kwlist[] = {"buffer", "doorbell", "flight", NULL};
+    PyObject *buf, *flight = NULL;
     int doorbell = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$i", kwlist, &buf, &doorbell)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$iO", kwlist, &buf, &doorbell, &flight)) {
         return -1;
     }
     if (self->attached) {
@@ -226,8 +303,13 @@ static int ring_init(Ring *self, PyObject *args, PyObject *kwds) {
         || size < 64 || size % 64 || (size_t)self->view.len < CONTROL_SIZE + (size_t)count * size) {
         goto bad;
     }
+    if (fl_get(flight, &self->flight_view, &self->fl) < 0) {
+        PyBuffer_Release(&self->view);
+        return -1;
+    }
     self->attached = 1;
     self->slots = base + CONTROL_SIZE;
+    self->sealed = (_Atomic uint32_t *)(base + OFF_SEALED);
     self->head = (_Atomic uint64_t *)(base + OFF_HEAD);
     self->tail = (_Atomic uint64_t *)(base + OFF_TAIL);
     self->crc_errors = (_Atomic uint64_t *)(base + OFF_CRC_ERRORS);
@@ -250,6 +332,10 @@ static void ring_release(Ring *self) {
     if (self->attached) {
         self->attached = 0;
         PyBuffer_Release(&self->view);
+        if (self->fl != NULL) {
+            self->fl = NULL;
+            PyBuffer_Release(&self->flight_view);
+        }
     }
 }
 
@@ -309,9 +395,10 @@ static void payload_put(payload_t *pl) {
 }
 
 static void write_frame(Ring *self, uint64_t seq, uint32_t route, uint32_t frame,
-                        const uint8_t *p, size_t n, uint64_t now) {
+                        const uint8_t *p, size_t n, uint64_t now, uint16_t flags) {
     uint8_t *slot = self->slots + (size_t)(seq & self->mask) * self->slot_size;
-    frame_hdr h = {FRAME_MAGIC, FLAG_TIMESTAMP, 0, route, frame, (uint32_t)n, 0, now};
+    frame_hdr h = {FRAME_MAGIC, (uint16_t)(FLAG_TIMESTAMP | flags), 0, route, frame, (uint32_t)n,
+                   0, now};
     h.crc32c = frame_crc(&h, p, n);
     memcpy(slot, &h, sizeof h);
     memcpy(slot + FRAME_HEADER, p, n);
@@ -331,8 +418,12 @@ static uint64_t free_slots(Ring *self, uint64_t h, uint64_t want) {
     return self->slot_count - used;
 }
 
-static void publish(Ring *self, uint64_t h) {
+static void publish(Ring *self, uint64_t h, uint64_t frames, uint64_t nbytes) {
     atomic_store_explicit(self->head, h, memory_order_release);
+    if (self->fl != NULL) {
+        fl_add(self->fl, F_TX_FRAMES, frames);
+        fl_add(self->fl, F_TX_BYTES, nbytes);
+    }
     if (self->doorbell >= 0) {
         /* Dekker with the consumer's wait(): store head, full fence, then read its flag. */
         atomic_thread_fence(memory_order_seq_cst);
@@ -340,44 +431,79 @@ static void publish(Ring *self, uint64_t h) {
             uint64_t one = 1;
             ssize_t r = write(self->doorbell, &one, sizeof one);
             (void)r; /* EAGAIN means the counter is already non-zero: the consumer will wake */
+            if (self->fl != NULL) {
+                fl_add(self->fl, F_TX_SYSCALLS, 1);
+            }
         }
     }
 }
 
+/* The optional trailing `flags` argument of push and send_many: only FLAG_MARK may be set. */
+static int parse_flags(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at, uint16_t *out) {
+    *out = 0;
+    if (nargs <= at) {
+        return 0;
+    }
+    long v = PyLong_AsLong(args[at]);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (v & ~(long)FLAG_MASK) {
+        PyErr_SetString(PyExc_ValueError, "flags: only MARK may be set by a sender");
+        return -1;
+    }
+    *out = (uint16_t)v;
+    return 0;
+}
+
+static PyObject *oversize(Ring *self, Py_ssize_t index, Py_ssize_t n) {
+    if (self->fl != NULL) {
+        fl_add(self->fl, F_OVERSIZE, 1);
+    }
+    if (index < 0) {
+        return PyErr_Format(PyExc_ValueError, "payload of %zd bytes exceeds max_payload %u",
+                            n, self->max_payload);
+    }
+    return PyErr_Format(PyExc_ValueError, "payload %zd of %zd bytes exceeds max_payload %u",
+                        index, n, self->max_payload);
+}
+
 static PyObject *ring_push(Ring *self, PyObject *const *args, Py_ssize_t nargs) {
     uint32_t route, frame;
+    uint16_t flags;
     payload_t pl;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "push(route_id, frame_id, payload)");
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "push(route_id, frame_id, payload, flags=0)");
         return NULL;
     }
     if (ring_check(self) < 0 || parse_u32(args[0], &route) < 0 || parse_u32(args[1], &frame) < 0
-        || payload_get(args[2], &pl) < 0) {
+        || parse_flags(args, nargs, 3, &flags) < 0 || payload_get(args[2], &pl) < 0) {
         return NULL;
     }
     if ((size_t)pl.n > self->max_payload) {
         payload_put(&pl);
-        return PyErr_Format(PyExc_ValueError, "payload of %zd bytes exceeds max_payload %u",
-                            pl.n, self->max_payload);
+        return oversize(self, -1, pl.n);
     }
     uint64_t h = atomic_load_explicit(self->head, memory_order_relaxed);
     if (free_slots(self, h, 1) == 0) {
         payload_put(&pl);
         Py_RETURN_FALSE;
     }
-    write_frame(self, h, route, frame, pl.p, (size_t)pl.n, monotonic_ns());
+    write_frame(self, h, route, frame, pl.p, (size_t)pl.n, monotonic_ns(), flags);
     payload_put(&pl);
-    publish(self, h + 1);
+    publish(self, h + 1, 1, (uint64_t)pl.n);
     Py_RETURN_TRUE;
 }
 
 static PyObject *ring_send_many(Ring *self, PyObject *const *args, Py_ssize_t nargs) {
     uint32_t route, first;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "send_many(route_id, first_frame_id, payloads)");
+    uint16_t flags;
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "send_many(route_id, first_frame_id, payloads, flags=0)");
         return NULL;
     }
-    if (ring_check(self) < 0 || parse_u32(args[0], &route) < 0 || parse_u32(args[1], &first) < 0) {
+    if (ring_check(self) < 0 || parse_u32(args[0], &route) < 0 || parse_u32(args[1], &first) < 0
+        || parse_flags(args, nargs, 3, &flags) < 0) {
         return NULL;
     }
     PyObject *seq = PySequence_Fast(args[2], "payloads must be a sequence");
@@ -396,26 +522,27 @@ static PyObject *ring_send_many(Ring *self, PyObject *const *args, Py_ssize_t na
         payload_put(&pl);
         if ((size_t)pl.n > self->max_payload) {
             Py_DECREF(seq);
-            return PyErr_Format(PyExc_ValueError, "payload %zd of %zd bytes exceeds max_payload %u",
-                                i, pl.n, self->max_payload);
+            return oversize(self, i, pl.n);
         }
     }
     uint64_t h = atomic_load_explicit(self->head, memory_order_relaxed);
     uint64_t room = free_slots(self, h, (uint64_t)total);
     Py_ssize_t n = (uint64_t)total < room ? total : (Py_ssize_t)room;
-    uint64_t now = monotonic_ns();
+    uint64_t now = monotonic_ns(), nbytes = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         payload_t pl;
         if (payload_get(items[i], &pl) < 0) { /* cannot fail: checked above */
             Py_DECREF(seq);
             return NULL;
         }
-        write_frame(self, h + (uint64_t)i, route, first + (uint32_t)i, pl.p, (size_t)pl.n, now);
+        write_frame(self, h + (uint64_t)i, route, first + (uint32_t)i, pl.p, (size_t)pl.n, now,
+                    flags);
+        nbytes += (uint64_t)pl.n;
         payload_put(&pl);
     }
     Py_DECREF(seq);
     if (n > 0) {
-        publish(self, h + (uint64_t)n);
+        publish(self, h + (uint64_t)n, (uint64_t)n, nbytes);
     }
     return PyLong_FromSsize_t(n);
 }
@@ -439,7 +566,9 @@ static uint64_t readable(Ring *self, uint64_t t) {
 /* Copy one frame out of slot `t`. Returns a new tuple, or NULL with *corrupt set when the frame
  * fails its checks (no exception set), or NULL with an exception on allocation failure. The crc is
  * computed over the private copy, so a peer scribbling on the slot cannot pass a check it fails. */
-static PyObject *read_frame(Ring *self, uint64_t t, int timed, uint64_t now, int *corrupt) {
+enum { SHAPE_PLAIN, SHAPE_TIMED, SHAPE_FLAGS }; /* what a popped frame's tuple carries */
+
+static PyObject *read_frame(Ring *self, uint64_t t, int shape, uint64_t now, int *corrupt) {
     const uint8_t *slot = self->slots + (size_t)(t & self->mask) * self->slot_size;
     frame_hdr h;
     memcpy(&h, slot, sizeof h);
@@ -457,17 +586,22 @@ static PyObject *read_frame(Ring *self, uint64_t t, int timed, uint64_t now, int
         *corrupt = 1;
         return NULL;
     }
-    PyObject *tup = PyTuple_New(timed ? 4 : 3);
+    PyObject *tup = PyTuple_New(shape == SHAPE_PLAIN ? 3 : 4);
     if (tup == NULL) {
         Py_DECREF(payload);
         return NULL;
     }
+    int stamped = (h.flags & FLAG_TIMESTAMP) && now >= h.enq_ns;
+    if (self->fl != NULL) {
+        fl_received(self->fl, stamped ? now - h.enq_ns : 0, h.len, (h.flags & FLAG_MARK) != 0);
+    }
     PyTuple_SET_ITEM(tup, 0, PyLong_FromUnsignedLong(h.route_id));
     PyTuple_SET_ITEM(tup, 1, PyLong_FromUnsignedLong(h.frame_id));
     PyTuple_SET_ITEM(tup, 2, payload);
-    if (timed) {
-        long long lat = (h.flags & FLAG_TIMESTAMP) ? (long long)(now - h.enq_ns) : -1;
-        PyTuple_SET_ITEM(tup, 3, PyLong_FromLongLong(lat));
+    if (shape == SHAPE_TIMED) {
+        PyTuple_SET_ITEM(tup, 3, PyLong_FromLongLong(stamped ? (long long)(now - h.enq_ns) : -1));
+    } else if (shape == SHAPE_FLAGS) {
+        PyTuple_SET_ITEM(tup, 3, PyLong_FromLong(h.flags & FLAG_MASK));
     }
     return tup;
 }
@@ -476,9 +610,12 @@ static void count_corrupt(Ring *self) {
     /* The consumer is the only writer, so a relaxed read-modify-store is enough. */
     uint64_t v = atomic_load_explicit(self->crc_errors, memory_order_relaxed);
     atomic_store_explicit(self->crc_errors, v + 1, memory_order_relaxed);
+    if (self->fl != NULL) {
+        fl_add(self->fl, F_CRC_ERRORS, 1);
+    }
 }
 
-static PyObject *pop_impl(Ring *self, int timed) {
+static PyObject *pop_impl(Ring *self, int shape) {
     if (ring_check(self) < 0) {
         return NULL;
     }
@@ -487,7 +624,8 @@ static PyObject *pop_impl(Ring *self, int timed) {
         Py_RETURN_NONE;
     }
     int corrupt;
-    PyObject *tup = read_frame(self, t, timed, timed ? monotonic_ns() : 0, &corrupt);
+    uint64_t now = (shape == SHAPE_TIMED || self->fl != NULL) ? monotonic_ns() : 0;
+    PyObject *tup = read_frame(self, t, shape, now, &corrupt);
     if (tup == NULL && !corrupt) {
         return NULL;
     }
@@ -500,10 +638,12 @@ static PyObject *pop_impl(Ring *self, int timed) {
     return tup;
 }
 
-static PyObject *ring_pop(Ring *self, PyObject *unused) { return pop_impl(self, 0); }
-static PyObject *ring_pop_timed(Ring *self, PyObject *unused) { return pop_impl(self, 1); }
+static PyObject *ring_pop(Ring *self, PyObject *unused) { return pop_impl(self, SHAPE_PLAIN); }
+static PyObject *ring_pop_timed(Ring *self, PyObject *unused) {
+    return pop_impl(self, SHAPE_TIMED);
+}
 
-static PyObject *drain_impl(Ring *self, PyObject *arg, int timed) {
+static PyObject *drain_impl(Ring *self, PyObject *arg, int shape) {
     Py_ssize_t max = PyLong_AsSsize_t(arg);
     if ((max == -1 && PyErr_Occurred()) || ring_check(self) < 0) {
         return NULL;
@@ -518,11 +658,11 @@ static PyObject *drain_impl(Ring *self, PyObject *arg, int timed) {
     if (out == NULL) {
         return NULL;
     }
-    uint64_t now = timed ? monotonic_ns() : 0;
+    uint64_t now = (shape == SHAPE_TIMED || self->fl != NULL) ? monotonic_ns() : 0;
     Py_ssize_t i = 0;
     for (; i < n; i++) {
         int corrupt;
-        PyObject *tup = read_frame(self, t + (uint64_t)i, timed, now, &corrupt);
+        PyObject *tup = read_frame(self, t + (uint64_t)i, shape, now, &corrupt);
         if (tup == NULL) {
             if (!corrupt) {
                 break;
@@ -545,8 +685,15 @@ static PyObject *drain_impl(Ring *self, PyObject *arg, int timed) {
     return out;
 }
 
-static PyObject *ring_drain(Ring *self, PyObject *arg) { return drain_impl(self, arg, 0); }
-static PyObject *ring_drain_timed(Ring *self, PyObject *arg) { return drain_impl(self, arg, 1); }
+static PyObject *ring_drain(Ring *self, PyObject *arg) {
+    return drain_impl(self, arg, SHAPE_PLAIN);
+}
+static PyObject *ring_drain_timed(Ring *self, PyObject *arg) {
+    return drain_impl(self, arg, SHAPE_TIMED);
+}
+static PyObject *ring_drain_flagged(Ring *self, PyObject *arg) {
+    return drain_impl(self, arg, SHAPE_FLAGS);
+}
 
 static PyObject *ring_wait(Ring *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
@@ -582,6 +729,9 @@ static PyObject *ring_wait(Ring *self, PyObject *const *args, Py_ssize_t nargs) 
             (void)r;
         }
         Py_END_ALLOW_THREADS
+        if (self->fl != NULL) {
+            fl_add(self->fl, F_RX_SYSCALLS, rc > 0 ? 2 : 1);
+        }
         if (rc < 0 && errno != EINTR) {
             atomic_store_explicit(self->waiting, 0, memory_order_relaxed);
             return PyErr_SetFromErrno(PyExc_OSError);
@@ -592,6 +742,34 @@ static PyObject *ring_wait(Ring *self, PyObject *const *args, Py_ssize_t nargs) 
         return NULL;
     }
     return PyBool_FromLong(readable(self, t) > 0);
+}
+
+/* Producer (or, for a dead producer, the daemon): no frame follows this one. */
+static PyObject *ring_seal(Ring *self, PyObject *unused) {
+    if (ring_check(self) < 0) {
+        return NULL;
+    }
+    atomic_store_explicit(self->sealed, 1, memory_order_release);
+    if (self->doorbell >= 0) {
+        uint64_t one = 1; /* wake a sleeping consumer so it sees the seal */
+        ssize_t r = write(self->doorbell, &one, sizeof one);
+        (void)r;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Consumer: sealed and empty, so the ring can be freed. The seal is read first (acquire): every
+ * head the producer stored before sealing is then visible to the re-read below. */
+static PyObject *ring_finished(Ring *self, PyObject *unused) {
+    if (ring_check(self) < 0) {
+        return NULL;
+    }
+    if (!atomic_load_explicit(self->sealed, memory_order_acquire)) {
+        Py_RETURN_FALSE;
+    }
+    uint64_t t = atomic_load_explicit(self->tail, memory_order_relaxed);
+    self->seen_head = atomic_load_explicit(self->head, memory_order_acquire);
+    return PyBool_FromLong(self->seen_head == t);
 }
 
 static PyObject *ring_pending(Ring *self, PyObject *unused) {
@@ -621,6 +799,13 @@ static PyObject *ring_get_doorbell(Ring *self, void *closure) {
     return PyLong_FromLong(self->doorbell);
 }
 
+static PyObject *ring_get_sealed(Ring *self, void *closure) {
+    if (ring_check(self) < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(atomic_load_explicit(self->sealed, memory_order_acquire) != 0);
+}
+
 static PyMethodDef ring_methods[] = {
     {"push", (PyCFunction)(void (*)(void))ring_push, METH_FASTCALL, NULL},
     {"send_many", (PyCFunction)(void (*)(void))ring_send_many, METH_FASTCALL, NULL},
@@ -628,6 +813,9 @@ static PyMethodDef ring_methods[] = {
     {"pop_timed", (PyCFunction)ring_pop_timed, METH_NOARGS, NULL},
     {"drain", (PyCFunction)ring_drain, METH_O, NULL},
     {"drain_timed", (PyCFunction)ring_drain_timed, METH_O, NULL},
+    {"drain_flagged", (PyCFunction)ring_drain_flagged, METH_O, NULL},
+    {"seal", (PyCFunction)ring_seal, METH_NOARGS, NULL},
+    {"finished", (PyCFunction)ring_finished, METH_NOARGS, NULL},
     {"wait", (PyCFunction)(void (*)(void))ring_wait, METH_FASTCALL, NULL},
     {"pending", (PyCFunction)ring_pending, METH_NOARGS, NULL},
     {"close", (PyCFunction)ring_close, METH_NOARGS, NULL},
@@ -640,6 +828,7 @@ static PyGetSetDef ring_getset[] = {
     {"slot_size", (getter)ring_get_u32, NULL, NULL, (void *)offsetof(Ring, slot_size)},
     {"max_payload", (getter)ring_get_u32, NULL, NULL, (void *)offsetof(Ring, max_payload)},
     {"doorbell", (getter)ring_get_doorbell, NULL, NULL, NULL},
+    {"sealed", (getter)ring_get_sealed, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -656,7 +845,539 @@ static PyTypeObject RingType = {
     .tp_getset = ring_getset,
 };
 
+/* ---------------------------------------------------------------- wait_any ---- */
+
+/* A subscriber's wait over all its inbound lanes: spin over the rings, then sleep on the shared
+ * doorbell and the socket lanes' fds at once. Every ring's `waiting` flag is raised before the
+ * last look (the same Dekker handshake as Ring.wait). True when something may be ready. */
+static PyObject *mod_wait_any(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "wait_any(rings, doorbell, fds, spin, timeout_ms)");
+        return NULL;
+    }
+    int bell = (int)PyLong_AsLong(args[1]);
+    long spin = PyLong_AsLong(args[3]);
+    int timeout_ms = (int)PyLong_AsLong(args[4]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *rseq = PySequence_Fast(args[0], "rings must be a sequence");
+    if (rseq == NULL) {
+        return NULL;
+    }
+    PyObject *fseq = PySequence_Fast(args[2], "fds must be a sequence");
+    if (fseq == NULL) {
+        Py_DECREF(rseq);
+        return NULL;
+    }
+    Py_ssize_t nr = PySequence_Fast_GET_SIZE(rseq), nf = PySequence_Fast_GET_SIZE(fseq);
+    PyObject **rs = PySequence_Fast_ITEMS(rseq);
+    struct pollfd *pfds = PyMem_Calloc((size_t)nf + 1, sizeof *pfds);
+    PyObject *result = NULL;
+    int ready = 0;
+    if (pfds == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        if (!PyObject_TypeCheck(rs[i], &RingType) || ring_check((Ring *)rs[i]) < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "rings must hold attached Ring objects");
+            }
+            goto out;
+        }
+    }
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        pfds[i + 1].fd = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(fseq, i));
+        pfds[i + 1].events = POLLIN;
+        if (PyErr_Occurred()) {
+            goto out;
+        }
+    }
+    for (long k = 0; k <= spin && !ready; k++) {
+        for (Py_ssize_t i = 0; i < nr && !ready; i++) {
+            Ring *r = (Ring *)rs[i];
+            ready = readable(r, atomic_load_explicit(r->tail, memory_order_relaxed)) > 0;
+        }
+        CPU_RELAX();
+    }
+    if (ready || timeout_ms == 0 || (bell < 0 && nf == 0)) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        atomic_store_explicit(((Ring *)rs[i])->waiting, 1, memory_order_seq_cst);
+    }
+    atomic_thread_fence(memory_order_seq_cst);
+    for (Py_ssize_t i = 0; i < nr && !ready; i++) {
+        Ring *r = (Ring *)rs[i];
+        ready = readable(r, atomic_load_explicit(r->tail, memory_order_relaxed)) > 0;
+    }
+    if (!ready) {
+        pfds[0].fd = bell; /* poll() skips a negative fd */
+        pfds[0].events = POLLIN;
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = poll(pfds, (nfds_t)nf + 1, timeout_ms);
+        if (rc > 0 && bell >= 0 && (pfds[0].revents & POLLIN)) {
+            uint64_t v;
+            ssize_t r = read(bell, &v, sizeof v);
+            (void)r;
+        }
+        Py_END_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < nr; i++) {
+            Ring *r = (Ring *)rs[i];
+            atomic_store_explicit(r->waiting, 0, memory_order_relaxed);
+            if (r->fl != NULL) {
+                fl_add(r->fl, F_RX_SYSCALLS, rc > 0 && (pfds[0].revents & POLLIN) ? 2 : 1);
+            }
+        }
+        if (rc < 0 && errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto out;
+        }
+        for (Py_ssize_t i = 0; i <= nf && rc > 0 && !ready; i++) {
+            ready = pfds[i].revents != 0;
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < nr; i++) {
+            atomic_store_explicit(((Ring *)rs[i])->waiting, 0, memory_order_relaxed);
+        }
+    }
+    if (PyErr_CheckSignals() < 0) {
+        goto out;
+    }
+done:
+    result = PyBool_FromLong(ready);
+out:
+    PyMem_Free(pfds);
+    Py_DECREF(rseq);
+    Py_DECREF(fseq);
+    return result;
+}
+
+/* arm(rings) -> bool: for a caller that sleeps elsewhere (an asyncio reader on the doorbell).
+ * Raises every ring's `waiting` flag, fences, and says whether a frame is already there (then the
+ * caller must not sleep). disarm(rings) lowers the flags once awake. */
+static PyObject *set_waiting(PyObject *arg, uint32_t value) {
+    PyObject *rseq = PySequence_Fast(arg, "rings must be a sequence");
+    if (rseq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t nr = PySequence_Fast_GET_SIZE(rseq);
+    PyObject **rs = PySequence_Fast_ITEMS(rseq);
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        if (!PyObject_TypeCheck(rs[i], &RingType) || ring_check((Ring *)rs[i]) < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "rings must hold attached Ring objects");
+            }
+            Py_DECREF(rseq);
+            return NULL;
+        }
+    }
+    int ready = 0;
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        atomic_store_explicit(((Ring *)rs[i])->waiting, value, memory_order_seq_cst);
+    }
+    if (value) {
+        atomic_thread_fence(memory_order_seq_cst);
+        for (Py_ssize_t i = 0; i < nr && !ready; i++) {
+            Ring *r = (Ring *)rs[i];
+            ready = readable(r, atomic_load_explicit(r->tail, memory_order_relaxed)) > 0;
+        }
+    }
+    Py_DECREF(rseq);
+    return PyBool_FromLong(ready);
+}
+
+static PyObject *mod_arm(PyObject *m, PyObject *arg) { return set_waiting(arg, 1); }
+static PyObject *mod_disarm(PyObject *m, PyObject *arg) { return set_waiting(arg, 0); }
+
+/* ---------------------------------------------------------------- Flight ---- */
+
+/* A handle on a flight page for the lanes whose hot path is not a Ring (uds, tcp), and for the
+ * rare counters (drops, marks, nacks, buffered) that the SDK keeps on any lane. */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    uint64_t *fl;
+} Flight;
+
+static int flight_init(Flight *self, PyObject *args, PyObject *kwds) {
+    PyObject *buf;
+    if (!PyArg_ParseTuple(args, "O", &buf)) {
+        return -1;
+    }
+    if (self->fl != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "flight page already attached");
+        return -1;
+    }
+    return fl_get(buf, &self->view, &self->fl);
+}
+
+static void flight_release(Flight *self) {
+    if (self->fl != NULL) {
+        self->fl = NULL;
+        PyBuffer_Release(&self->view);
+    }
+}
+
+static void flight_dealloc(Flight *self) {
+    flight_release(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *flight_close(Flight *self, PyObject *unused) {
+    flight_release(self);
+    Py_RETURN_NONE;
+}
+
+static int flight_check(Flight *self) {
+    if (self->fl == NULL) {
+        PyErr_SetString(PyExc_ValueError, "flight page is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* add(word, n): bump one counter (word index from FRAME.md). */
+static PyObject *flight_add(Flight *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "add(word, n)");
+        return NULL;
+    }
+    long word = PyLong_AsLong(args[0]);
+    unsigned long long n = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred() || flight_check(self) < 0) {
+        return NULL;
+    }
+    if (word < F_TX_FRAMES || word > F_LAST || word == F_BREAKER) {
+        PyErr_SetString(PyExc_ValueError, "not a counter word");
+        return NULL;
+    }
+    fl_add(self->fl, (int)word, n);
+    Py_RETURN_NONE;
+}
+
+/* received(enq_ns, nbytes, flags): one frame off a socket lane, stamped by its sender. */
+static PyObject *flight_received(Flight *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "received(enq_ns, nbytes, flags)");
+        return NULL;
+    }
+    unsigned long long enq = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long long nbytes = PyLong_AsUnsignedLongLong(args[1]);
+    long flags = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred() || flight_check(self) < 0) {
+        return NULL;
+    }
+    uint64_t now = monotonic_ns();
+    fl_received(self->fl, now >= enq ? now - enq : 0, nbytes, (flags & FLAG_MARK) != 0);
+    Py_RETURN_NONE;
+}
+
+/* sent(frames, nbytes, syscalls): a write of one or more frames to a socket lane. */
+static PyObject *flight_sent(Flight *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "sent(frames, nbytes, syscalls)");
+        return NULL;
+    }
+    unsigned long long frames = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long long nbytes = PyLong_AsUnsignedLongLong(args[1]);
+    unsigned long long calls = PyLong_AsUnsignedLongLong(args[2]);
+    if (PyErr_Occurred() || flight_check(self) < 0) {
+        return NULL;
+    }
+    fl_add(self->fl, F_TX_FRAMES, frames);
+    fl_add(self->fl, F_TX_BYTES, nbytes);
+    fl_add(self->fl, F_TX_SYSCALLS, calls);
+    Py_RETURN_NONE;
+}
+
+static PyObject *flight_get_breaker(Flight *self, void *closure) {
+    if (flight_check(self) < 0) {
+        return NULL;
+    }
+    _Atomic uint32_t *b = (_Atomic uint32_t *)((uint8_t *)self->fl + 8u * F_BREAKER);
+    return PyLong_FromUnsignedLong(atomic_load_explicit(b, memory_order_relaxed));
+}
+
+static PyMethodDef flight_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))flight_add, METH_FASTCALL, NULL},
+    {"received", (PyCFunction)(void (*)(void))flight_received, METH_FASTCALL, NULL},
+    {"sent", (PyCFunction)(void (*)(void))flight_sent, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)flight_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef flight_getset[] = {
+    {"breaker", (getter)flight_get_breaker, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject FlightType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rtt_fabric._ring.Flight",
+    .tp_basicsize = sizeof(Flight),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A writer's handle on a route's flight page (see fabric/FRAME.md).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)flight_init,
+    .tp_dealloc = (destructor)flight_dealloc,
+    .tp_methods = flight_methods,
+    .tp_getset = flight_getset,
+};
+
+/* ---------------------------------------------------------------- Gate ---- */
+
+/* The admission token bucket of one route's sender: `rate` tokens a second, at most `burst`
+ * banked. Process-local, one per publisher lane, so it needs no atomics. */
+typedef struct {
+    PyObject_HEAD
+    double rate;
+    double burst;
+    double tokens;
+    uint64_t last_ns;
+} Gate;
+
+static int gate_init(Gate *self, PyObject *args, PyObject *kwds) {
+    double rate, burst;
+    if (!PyArg_ParseTuple(args, "dd", &rate, &burst)) {
+        return -1;
+    }
+    if (!(rate > 0) || !(burst >= 1)) {
+        PyErr_SetString(PyExc_ValueError, "a gate needs rate > 0 and burst >= 1");
+        return -1;
+    }
+    self->rate = rate / 1e9;
+    self->burst = burst;
+    self->tokens = burst;
+    self->last_ns = monotonic_ns();
+    return 0;
+}
+
+/* take(): spend one token if there is one. */
+static PyObject *gate_take(Gate *self, PyObject *unused) {
+    uint64_t now = monotonic_ns();
+    double tokens = self->tokens + (double)(now - self->last_ns) * self->rate;
+    self->tokens = tokens < self->burst ? tokens : self->burst;
+    self->last_ns = now;
+    if (self->tokens >= 1.0) {
+        self->tokens -= 1.0;
+        Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+/* refund(): give back a token taken for a frame that could not be written after all. */
+static PyObject *gate_refund(Gate *self, PyObject *unused) {
+    self->tokens = self->tokens + 1.0 < self->burst ? self->tokens + 1.0 : self->burst;
+    Py_RETURN_NONE;
+}
+
+static PyObject *gate_get_tokens(Gate *self, void *closure) {
+    return PyFloat_FromDouble(self->tokens);
+}
+
+static PyMethodDef gate_methods[] = {
+    {"take", (PyCFunction)gate_take, METH_NOARGS, NULL},
+    {"refund", (PyCFunction)gate_refund, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef gate_getset[] = {
+    {"tokens", (getter)gate_get_tokens, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject GateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rtt_fabric._ring.Gate",
+    .tp_basicsize = sizeof(Gate),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Gate(rate_per_s, burst): a token bucket for admission control.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)gate_init,
+    .tp_methods = gate_methods,
+    .tp_getset = gate_getset,
+};
+
+/* ---------------------------------------------------------------- stream frames ---- */
+/* The uds and tcp lanes carry the same 32-byte-header frames back to back on a byte stream. */
+
+/* encode(route_id, first_frame_id, payloads, flags, max_payload) -> bytes: one buffer, so a
+ * batch goes out in one write. One clock read stamps the batch. */
+static PyObject *mod_encode(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    uint32_t route, first;
+    uint16_t flags;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "encode(route_id, first_frame_id, payloads, flags, max)");
+        return NULL;
+    }
+    Py_ssize_t max = PyLong_AsSsize_t(args[4]);
+    if (parse_u32(args[0], &route) < 0 || parse_u32(args[1], &first) < 0
+        || parse_flags(args, nargs, 3, &flags) < 0 || (max == -1 && PyErr_Occurred())) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[2], "payloads must be a sequence");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), total = 0;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        payload_t pl;
+        if (payload_get(items[i], &pl) < 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        payload_put(&pl);
+        if (pl.n > max) {
+            Py_DECREF(seq);
+            return PyErr_Format(PyExc_ValueError, "payload %zd of %zd bytes exceeds max_payload %zd",
+                                i, pl.n, max);
+        }
+        total += (Py_ssize_t)FRAME_HEADER + pl.n;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    uint8_t *w = (uint8_t *)PyBytes_AS_STRING(out);
+    uint64_t now = monotonic_ns();
+    for (Py_ssize_t i = 0; i < count; i++) {
+        payload_t pl;
+        if (payload_get(items[i], &pl) < 0) { /* cannot fail: checked above */
+            Py_DECREF(seq);
+            Py_DECREF(out);
+            return NULL;
+        }
+        frame_hdr h = {FRAME_MAGIC, (uint16_t)(FLAG_TIMESTAMP | flags), 0, route,
+                       first + (uint32_t)i, (uint32_t)pl.n, 0, now};
+        h.crc32c = frame_crc(&h, pl.p, (size_t)pl.n);
+        memcpy(w, &h, sizeof h);
+        memcpy(w + FRAME_HEADER, pl.p, (size_t)pl.n);
+        w += FRAME_HEADER + (size_t)pl.n;
+        payload_put(&pl);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+/* decode(buffer, max_payload, flight) -> (frames, consumed, crc_errors): the whole frames at the
+ * start of `buffer`, as (route_id, frame_id, payload, flags). A frame whose crc fails is skipped
+ * and counted; the framing survives it. A bad magic or an oversize length means the stream is
+ * no longer framed: CorruptFrame is raised (after counting) and the lane must be closed. */
+static PyObject *mod_decode(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decode(buffer, max_payload, flight)");
+        return NULL;
+    }
+    Py_ssize_t max = PyLong_AsSsize_t(args[1]);
+    if (max == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    uint64_t *fl = NULL;
+    if (args[2] != Py_None) {
+        if (!PyObject_TypeCheck(args[2], &FlightType) || ((Flight *)args[2])->fl == NULL) {
+            PyErr_SetString(PyExc_TypeError, "flight must be an open Flight or None");
+            return NULL;
+        }
+        fl = ((Flight *)args[2])->fl;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    const uint8_t *p = (const uint8_t *)view.buf;
+    Py_ssize_t at = 0, bad = 0;
+    uint64_t now = monotonic_ns();
+    while (view.len - at >= (Py_ssize_t)FRAME_HEADER) {
+        frame_hdr h;
+        memcpy(&h, p + at, sizeof h);
+        if (h.magic != FRAME_MAGIC || (Py_ssize_t)h.len > max) {
+            if (fl != NULL) {
+                fl_add(fl, F_CRC_ERRORS, 1);
+            }
+            PyBuffer_Release(&view);
+            Py_DECREF(frames);
+            return PyErr_Format(CorruptFrame, "stream frame at byte %zd: bad %s", at,
+                                h.magic != FRAME_MAGIC ? "magic" : "length");
+        }
+        if (view.len - at < (Py_ssize_t)(FRAME_HEADER + h.len)) {
+            break;
+        }
+        const uint8_t *body = p + at + FRAME_HEADER;
+        at += (Py_ssize_t)(FRAME_HEADER + h.len);
+        if (frame_crc(&h, body, h.len) != h.crc32c) {
+            bad++;
+            if (fl != NULL) {
+                fl_add(fl, F_CRC_ERRORS, 1);
+            }
+            continue;
+        }
+        if (fl != NULL) {
+            fl_received(fl, (h.flags & FLAG_TIMESTAMP) && now >= h.enq_ns ? now - h.enq_ns : 0,
+                        h.len, (h.flags & FLAG_MARK) != 0);
+        }
+        PyObject *tup = Py_BuildValue("(kky#i)", (unsigned long)h.route_id,
+                                      (unsigned long)h.frame_id, (const char *)body,
+                                      (Py_ssize_t)h.len, (int)(h.flags & FLAG_MASK));
+        if (tup == NULL || PyList_Append(frames, tup) < 0) {
+            Py_XDECREF(tup);
+            PyBuffer_Release(&view);
+            Py_DECREF(frames);
+            return NULL;
+        }
+        Py_DECREF(tup);
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(Nnn)", frames, at, bad);
+}
+
 /* ---------------------------------------------------------------- module functions ---- */
+
+static PyObject *mod_format_flight(PyObject *mod, PyObject *args) {
+    PyObject *buf;
+    unsigned int route_id;
+    if (!PyArg_ParseTuple(args, "OI", &buf, &route_id)) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if ((size_t)view.len < FLIGHT_SIZE) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "buffer too small for a flight page");
+        return NULL;
+    }
+    uint8_t *base = (uint8_t *)view.buf;
+    memset(base, 0, FLIGHT_SIZE);
+    uint16_t version = FLIGHT_VERSION, sub_bits = FLIGHT_SUB_BITS;
+    uint32_t buckets = FLIGHT_BUCKETS, magic = FLIGHT_MAGIC, route = route_id;
+    memcpy(base + 4, &version, 2);
+    memcpy(base + 6, &sub_bits, 2);
+    memcpy(base + 8, &buckets, 4);
+    memcpy(base + 12, &route, 4);
+    atomic_thread_fence(memory_order_release);
+    memcpy(base, &magic, 4);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_bucket(PyObject *mod, PyObject *arg) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(fl_bucket(v));
+}
 
 static PyObject *mod_format(PyObject *mod, PyObject *args) {
     PyObject *buf;
@@ -733,6 +1454,16 @@ static PyObject *mod_monotonic_ns(PyObject *m, PyObject *unused) {
 
 static PyMethodDef mod_methods[] = {
     {"format", mod_format, METH_VARARGS, "format(buffer, slot_count, slot_size): write a control block."},
+    {"format_flight", mod_format_flight, METH_VARARGS, "format_flight(buffer, route_id): zero a flight page."},
+    {"bucket", mod_bucket, METH_O, "bucket(ns): the histogram bucket a latency falls in."},
+    {"encode", (PyCFunction)(void (*)(void))mod_encode, METH_FASTCALL,
+     "encode(route_id, first_frame_id, payloads, flags, max_payload): stream frames."},
+    {"decode", (PyCFunction)(void (*)(void))mod_decode, METH_FASTCALL,
+     "decode(buffer, max_payload, flight): (frames, consumed, crc_errors)."},
+    {"arm", mod_arm, METH_O, "arm(rings): raise the waiting flags; True if a frame is ready."},
+    {"disarm", mod_disarm, METH_O, "disarm(rings): lower the waiting flags."},
+    {"wait_any", (PyCFunction)(void (*)(void))mod_wait_any, METH_FASTCALL,
+     "wait_any(rings, doorbell, fds, spin, timeout_ms): wait for any inbound lane."},
     {"crc32c", mod_crc32c, METH_VARARGS, "crc32c(data, value=0) with the fastest path available."},
     {"crc32c_sw", mod_crc32c_sw, METH_VARARGS, "crc32c(data, value=0), table-driven software."},
     {"crc32c_hw", mod_crc32c_hw, METH_VARARGS, "crc32c(data, value=0), SSE4.2; RuntimeError without it."},
@@ -753,7 +1484,8 @@ PyMODINIT_FUNC PyInit__ring(void) {
     have_sse42 = __builtin_cpu_supports("sse4.2") ? 1 : 0;
     shift_init();
 #endif
-    if (PyType_Ready(&RingType) < 0) {
+    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&FlightType) < 0
+        || PyType_Ready(&GateType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&ring_module);
@@ -763,6 +1495,13 @@ PyMODINIT_FUNC PyInit__ring(void) {
     CorruptFrame = PyErr_NewException("rtt_fabric._ring.CorruptFrame", PyExc_ValueError, NULL);
     if (CorruptFrame == NULL || PyModule_AddObjectRef(m, "CorruptFrame", CorruptFrame) < 0
         || PyModule_AddObjectRef(m, "Ring", (PyObject *)&RingType) < 0
+        || PyModule_AddObjectRef(m, "Flight", (PyObject *)&FlightType) < 0
+        || PyModule_AddObjectRef(m, "Gate", (PyObject *)&GateType) < 0
+        || PyModule_AddIntConstant(m, "FLAG_MARK", FLAG_MARK) < 0
+        || PyModule_AddIntConstant(m, "FLIGHT_SIZE", FLIGHT_SIZE) < 0
+        || PyModule_AddIntConstant(m, "FLIGHT_BUCKETS", FLIGHT_BUCKETS) < 0
+        || PyModule_AddIntConstant(m, "FLIGHT_SUB_BITS", FLIGHT_SUB_BITS) < 0
+        || PyModule_AddIntConstant(m, "FLIGHT_HIST", FLIGHT_HIST) < 0
         || PyModule_AddIntConstant(m, "CONTROL_SIZE", CONTROL_SIZE) < 0
         || PyModule_AddIntConstant(m, "FRAME_HEADER", FRAME_HEADER) < 0
         || PyModule_AddIntConstant(m, "RING_MAGIC", RING_MAGIC) < 0

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from rtt_fabric import daemon, wal
+from rtt_fabric import breaker, daemon, wal
 from rtt_fabric.client import Client, ClientError
 
 DEFAULT_STATE = Path(".rtt/fabric")
@@ -38,6 +38,16 @@ def register(parser: argparse.ArgumentParser) -> None:
                          help="WAL records between checkpoints")
     serve_p.add_argument("--in-doubt-after", type=float, default=5.0, metavar="SECONDS",
                          help="ask the coordinator about a PREPARE still undecided after this")
+    serve_p.add_argument("--data-listen", type=_address_or_off, default=("127.0.0.1", 0),
+                         metavar="HOST:PORT|off",
+                         help="where tcp lanes from other nodes arrive (default 127.0.0.1:0)")
+    serve_p.add_argument("--peer", type=_peer, action="append", default=[],
+                         metavar="NODE=HOST:PORT", help="another node's data listener")
+    serve_p.add_argument("--cluster-key", type=Path,
+                         help="key file shared by the nodes, authenticating tcp lanes")
+    serve_p.add_argument("--breaker-errors", type=int, default=100,
+                         help="errors within the window that open a route's breaker")
+    serve_p.add_argument("--breaker-window", type=float, default=10.0, metavar="SECONDS")
     status_p = sub.add_parser("status", help="the observed graph and its hash")
     status_p.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
     status_p.add_argument("--format", choices=("text", "json"), default="text")
@@ -53,11 +63,31 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         return daemon.serve(daemon.Config(
             state=args.state, socket=args.socket, node=args.node, shm_bytes=args.shm_mb << 20,
             coordinator=args.coordinator, allowed_uids=frozenset(args.allow_uid),
-            checkpoint_every=args.checkpoint_every, in_doubt_after_s=args.in_doubt_after),
+            checkpoint_every=args.checkpoint_every, in_doubt_after_s=args.in_doubt_after,
+            data_listen=args.data_listen, peers=dict(args.peer), cluster_key=args.cluster_key,
+            breakers=breaker.Config(errors=args.breaker_errors, window_s=args.breaker_window)),
             environ)
     if args.fabric_command == "status":
         return _status(args)
     return _verify(args)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def _address_or_off(text: str) -> tuple[str, int] | None:
+    return None if text == "off" else _address(text)
+
+
+def _peer(text: str) -> tuple[str, tuple[str, int]]:
+    node, sep, address = text.partition("=")
+    if not sep or not node:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NODE=HOST:PORT")
+    return node, _address(address)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -4,6 +4,11 @@ Start-up recovers the WAL (refusing to start on mid-log damage), replays it into
 then serves the control protocol on a Unix socket (mode 0600, peers checked by SO_PEERCRED).
 In-doubt transactions found at start-up are resolved by asking the coordinator, in the
 background, with presumed abort on its side. SIGTERM or SIGINT stops it cleanly (exit 0).
+
+The daemon also runs the node's data plane (rtt_fabric.dataplane): it makes each committed
+route's lane, hands the ends to the services that attach, pushes new lane sets at every COMMIT,
+reclaims a service's lanes when its connection closes, dials and accepts tcp lanes
+(rtt_fabric.datalink), and watches the routes' flight pages for the breakers.
 Called by `rtt fabric serve` (rtt_fabric.cli).
 """
 
@@ -25,8 +30,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from rtt_fabric import participant, protocol, steps, wal
+from rtt_fabric import (
+    breaker,
+    datalink,
+    dataplane,
+    flight,
+    graph,
+    participant,
+    protocol,
+    steps,
+    wal,
+)
 from rtt_fabric.client import Client, ClientError
+from rtt_fabric.session import Session
 
 FAILPOINTS_ENV = "RTT_FAILPOINTS"  # comma-separated crash points, for crash tests
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
@@ -42,6 +58,11 @@ class Config:
     allowed_uids: frozenset[int] = frozenset()  # besides the daemon's own uid
     checkpoint_every: int = 10_000  # WAL records between checkpoints: bounds replay
     in_doubt_after_s: float = 5.0  # a prepared txid undecided this long is asked about
+    data_listen: datalink.Address | None = ("127.0.0.1", 0)  # tcp lanes arrive here
+    peers: Mapping[str, datalink.Address] = dataclasses.field(default_factory=dict)
+    cluster_key: Path | None = None
+    breakers: breaker.Config = dataclasses.field(default_factory=breaker.Config)
+    flight_every_s: float = 0.1  # how often the breakers read the flight pages
 
 
 class StartupError(Exception):
@@ -68,6 +89,13 @@ class Daemon:
         self._wal: wal.Wal | None = None
         self._since_checkpoint = 0
         self.part: participant.Participant | None = None
+        self.plane = dataplane.DataPlane(node=config.node, tcp_connect=self._tcp_connect)
+        self._breakers = breaker.Breakers(config.breakers)
+        self._dials: list[tuple[graph.LinkKey, int]] = []
+        self._dial_wake: asyncio.Event | None = None
+        self._dialing: set[asyncio.Task[None]] = set()
+        self._cluster_key = b""
+        self.data_address: datalink.Address | None = None
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -95,6 +123,11 @@ class Daemon:
         except OSError as exc:
             raise StartupError(f"refusing to start: cannot read the WAL: {exc}") from None
         self.part = part
+        try:
+            self._cluster_key = datalink.load_key(self.config.cluster_key)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cluster key: {exc}") from None
+        self.plane.rewire(part.graph.links, part.graph.links)  # no services attached yet
         gc.freeze()  # the recovered table is long-lived: keep it out of every GC pass
         self.say(f"node {part.node}: epoch {part.epoch}, {len(part.graph.links)} links, "
                  f"graph {part.graph.hash}, {len(part.in_doubt())} in doubt")
@@ -110,12 +143,21 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         server = await asyncio.start_unix_server(self._client, sock=self._listen())
-        resolver = asyncio.create_task(self._resolve_in_doubt())
+        self._dial_wake = asyncio.Event()
+        tasks = [asyncio.create_task(self._resolve_in_doubt()),
+                 asyncio.create_task(self._dialer()), asyncio.create_task(self._watch_flight())]
+        if self.config.data_listen is not None:
+            listener = datalink.listen(self.config.data_listen)
+            self.data_address = listener.getsockname()[:2]
+            tasks.append(asyncio.create_task(datalink.serve(
+                listener, self._cluster_key, self._on_tcp_lane, self.say)))
+            self.say(f"data listener on {self.data_address[0]}:{self.data_address[1]}")
         self.say(f"serving on {self.config.socket}")
         try:
             await stop.wait()
         finally:
-            resolver.cancel()
+            for task in tasks:
+                task.cancel()
             server.close()
             await server.wait_closed()
             self.close()
@@ -139,6 +181,7 @@ class Daemon:
         return sock
 
     def close(self) -> None:
+        self.plane.close()
         if self._wal is not None:
             self._wal.close()
             self._wal = None
@@ -151,10 +194,11 @@ class Daemon:
             self._lock = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = Session(writer)
         try:
             if not self._peer_allowed(writer):
-                writer.write(protocol.frame(protocol.error(None, "forbidden",
-                                                           "peer uid is not allowed")))
+                session.put(protocol.frame(protocol.error(None, "forbidden",
+                                                          "peer uid is not allowed")))
                 return
             while True:
                 try:
@@ -163,15 +207,16 @@ class Daemon:
                 except asyncio.IncompleteReadError:
                     return
                 except protocol.ProtocolError as exc:
-                    writer.write(protocol.frame(protocol.error(None, exc.code, str(exc))))
+                    session.put(protocol.frame(protocol.error(None, exc.code, str(exc))))
                     return  # a bad length leaves the stream unframed: close it
-                writer.write(_frame_reply(self.handle(body)))
-                await writer.drain()
+                reply = self.respond(body, session)
+                session.put(_frame_reply(reply.message), reply.fds, reply.close_after)
         except (ConnectionError, OSError):
             return
         finally:
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.drain()
+            # The service is gone (exited, killed, or closed): reclaim every lane it held.
+            self._push(self.plane.drop_session(session))
+            await session.close()
             writer.close()
 
     def _peer_allowed(self, writer: asyncio.StreamWriter) -> bool:
@@ -181,15 +226,22 @@ class Daemon:
         return uid == os.getuid() or uid in self.config.allowed_uids
 
     def handle(self, body: bytes) -> dict[str, Any]:
-        """One request body in, one reply out. Bad input never raises out of here."""
+        """One request body in, one reply out, for callers without a session."""
+        return self.respond(body, None).message
+
+    def respond(self, body: bytes, session: Session | None) -> dataplane.Push:
+        """One request body in, one reply (with any descriptors) out. Bad input never raises
+        out of here."""
         try:
             request = protocol.parse_request(body)
         except protocol.ProtocolError as exc:
-            return protocol.error(None, exc.code, str(exc))
+            return dataplane.Push(session, protocol.error(None, exc.code, str(exc)))
         try:
-            return protocol.ok(request.id, **self._dispatch(request))
-        except participant.Refused as exc:
-            return protocol.error(request.id, exc.code, str(exc))
+            if request.op in ("attach", "detach", "register"):
+                return self._on_session(request, session)
+            return dataplane.Push(session, protocol.ok(request.id, **self._dispatch(request)))
+        except (participant.Refused, dataplane.Refused) as exc:
+            return dataplane.Push(session, protocol.error(request.id, exc.code, str(exc)))
         except OSError as exc:
             # A WAL write or fsync failed after the record may have reached the log: memory and
             # log can no longer be trusted to agree. Crash, and let recovery rebuild from the log.
@@ -200,9 +252,31 @@ class Daemon:
         handler: Callable[[Any], dict[str, Any]] = getattr(self, f"_on_{request.op}")
         return handler(request)
 
-    def _on_register(self, request: protocol.Register) -> dict[str, Any]:
-        self._part().register(request.service, [s.model_dump() for s in request.symbols])
-        return self._logged({"registered": len(request.symbols)})
+    def _on_session(self, request: Any, session: Session | None) -> dataplane.Push:
+        """The requests that bind to the connection: register names the service it speaks for;
+        attach and detach take and give back the ends of that service's symbols."""
+        if request.op == "register":
+            if session is not None and session.service not in (None, request.service):
+                raise participant.Refused(
+                    "conflict", f"this connection already speaks for {session.service}")
+            self._part().register(request.service, [s.model_dump() for s in request.symbols])
+            if session is not None:
+                session.service = request.service
+            reply = self._logged({"registered": len(request.symbols)})
+            return dataplane.Push(session, protocol.ok(request.id, **reply))
+        if session is None or session.service is None:
+            raise participant.Refused("unregistered", "register a service on this connection "
+                                                      "before attaching its symbols")
+        owner = self._part().symbols.get(request.saddr)
+        if owner is None or owner.service != session.service:
+            raise participant.Refused("forbidden", f"{request.saddr} is not a symbol of "
+                                                   f"{session.service}")
+        if request.op == "detach":
+            self._push(self.plane.detach(session, request.saddr, request.role))
+            return dataplane.Push(session, protocol.ok(request.id))
+        lanes = self.plane.attach(session, request.saddr, request.role)
+        return dataplane.Push(session, {**lanes.message, **protocol.ok(request.id)},
+                              lanes.fds, lanes.close_after)
 
     def _on_unregister(self, request: protocol.Unregister) -> dict[str, Any]:
         self._part().unregister(request.service)
@@ -218,8 +292,7 @@ class Daemon:
 
     def _on_commit(self, request: protocol.Commit) -> dict[str, Any]:
         part = self._part()
-        result = part.commit(request.txid)
-        self._prepared_at.pop(request.txid, None)
+        result = self._commit(request.txid)
         # A committed graph lives until the next commit; freezing it spares the cyclic GC a walk
         # over every link (full passes cost 25-45 ms at 10k links: bench/fabric.py).
         gc.freeze()
@@ -250,6 +323,98 @@ class Daemon:
     def _on_status(self, _: protocol.Status) -> dict[str, Any]:
         return self.status()
 
+    def _on_flight(self, _: protocol.Flight) -> dict[str, Any]:
+        routes = []
+        for route, page in self.plane.pages():
+            sample = flight.read(page)
+            routes.append({
+                "route_id": route.route_id, "from": route.key[0], "to": route.key[1],
+                "class": route.key[2], "lane": route.link.lane,
+                "latency_budget_ms": route.link.latency_budget_ms,
+                "counters": dict(sample.counters), "breaker": sample.breaker.name.lower(),
+                "buckets": [[i, n] for i, n in enumerate(sample.histogram.counts) if n]})
+        return {"ts": time.time(), "routes": routes}
+
+    # --- the data plane ------------------------------------------------------------------------
+
+    def _commit(self, txid: str) -> str:
+        """COMMIT, then rewire the lanes of the routes it changed (the epoch flip)."""
+        part = self._part()
+        held = part.prepared.get(txid)
+        result = part.commit(txid)
+        self._prepared_at.pop(txid, None)
+        if held is not None:
+            self._push(self.plane.rewire(part.graph.links, held.keys))
+        return result
+
+    def _push(self, pushes: list[dataplane.Push]) -> None:
+        for push in pushes:
+            if isinstance(push.session, Session):
+                push.session.put(_frame_reply(push.message), push.fds, push.close_after)
+            else:
+                for fd in push.close_after:
+                    os.close(fd)
+
+    def _tcp_connect(self, route: dataplane.Route, generation: int) -> None:
+        self._dials.append((route.key, generation))
+        if self._dial_wake is not None:
+            self._dial_wake.set()
+
+    async def _dialer(self) -> None:
+        assert self._dial_wake is not None
+        while True:
+            await self._dial_wake.wait()
+            self._dial_wake.clear()
+            dials, self._dials = self._dials, []
+            for key, generation in dials:
+                task = asyncio.create_task(self._dial(key, generation))
+                self._dialing.add(task)  # held until done: the loop keeps only weak references
+                task.add_done_callback(self._dialing.discard)
+
+    async def _dial(self, key: graph.LinkKey, generation: int) -> None:
+        """Open the sending side of a tcp lane, retrying with capped backoff while the route
+        still wants this generation."""
+        delay = 0.05
+        while True:
+            route = self.plane.routes.get(key)
+            if route is None or route.tx is None or route.tx.number != generation:
+                return
+            address = (self.data_address if route.link.to_node == self.config.node
+                       else self.config.peers.get(route.link.to_node))
+            if address is None:
+                self.say(f"tcp route {key}: no address for node {route.link.to_node} (--peer)")
+            else:
+                try:
+                    fd = await datalink.dial(address, datalink.hello(self._cluster_key, key,
+                                                                     generation))
+                except (TimeoutError, OSError) as exc:
+                    self.say(f"tcp route {key}: cannot reach {address}: {exc}; will retry")
+                else:
+                    self._push(self.plane.tcp_connected(key, generation, fd))
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _on_tcp_lane(self, key: graph.LinkKey, fd: int) -> None:
+        try:
+            self._push(self.plane.tcp_accepted(key, fd))
+        except dataplane.Refused as exc:
+            self.say(f"data listener: {exc}")
+
+    async def _watch_flight(self) -> None:
+        """Feed every route's error count to its breaker; publish state changes on the page."""
+        while True:
+            await asyncio.sleep(self.config.flight_every_s)
+            now, live = time.monotonic(), set()
+            for route, page in self.plane.pages():
+                sample = flight.read(page)
+                live.add(route.route_id)
+                state = self._breakers.observe(route.route_id, now, sample.errors)
+                if state is not sample.breaker:
+                    flight.set_breaker(page, state)
+                    self.say(f"route {route.key}: breaker {state.name.lower()}")
+            self._breakers.forget(live)
+
     def _part(self) -> participant.Participant:
         if self.part is None:
             raise RuntimeError("the daemon is not open")
@@ -261,7 +426,10 @@ class Daemon:
                 "links": len(part.graph.links), "symbols": len(part.symbols),
                 "services": sorted(part.services), "in_doubt": part.in_doubt(),
                 "shm_used": part.shm_used(), "shm_bytes": part.shm_bytes,
-                "wal_last_seq": self._wal.last_seq if self._wal else None}
+                "wal_last_seq": self._wal.last_seq if self._wal else None,
+                "lanes": len(self.plane.routes), "attached": len(self.plane.endpoints),
+                "breaker_trips": self._breakers.trips,
+                "data_address": list(self.data_address) if self.data_address else None}
 
     def _logged(self, reply: dict[str, Any]) -> dict[str, Any]:
         """After a WAL write: take a checkpoint when enough records have accumulated."""
@@ -301,7 +469,7 @@ class Daemon:
             return  # no answer yet, or decided meanwhile by a COMMIT/ABORT from a client
         try:
             if decision == "commit":
-                part.commit(txid)
+                self._commit(txid)
             else:
                 part.abort(txid)
         except participant.Refused as exc:

@@ -146,8 +146,29 @@ class Status(_Message):
     op: Literal["status"]
 
 
+class Attach(_Message):
+    """Bind one end of a symbol to this session; the reply and later pushes carry its lanes."""
+
+    op: Literal["attach"]
+    saddr: _Saddr
+    role: Literal["pub", "sub"]
+
+
+class Detach(_Message):
+    op: Literal["detach"]
+    saddr: _Saddr
+    role: Literal["pub", "sub"]
+
+
+class Flight(_Message):
+    """Every local route's flight page, read now (cumulative; clients take differences)."""
+
+    op: Literal["flight"]
+
+
 Request = Annotated[
-    Register | Unregister | Prepare | Commit | Abort | Resolve | GetGraph | GetStats | Status,
+    Register | Unregister | Prepare | Commit | Abort | Resolve | GetGraph | GetStats | Status
+    | Attach | Detach | Flight,
     pydantic.Field(discriminator="op"),
 ]
 REQUEST = pydantic.TypeAdapter(Request)

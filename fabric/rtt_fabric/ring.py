@@ -16,6 +16,8 @@ import os
 import socket
 import time
 
+from typing_extensions import Buffer
+
 from rtt_fabric import _ring
 
 __all__ = [
@@ -54,20 +56,22 @@ class WaitPolicy:
 class RingMap:
     """One end's handle on a ring: the memfd, its mapping, the doorbell and the C ring over them.
 
-    `close()` releases the ring, unmaps and closes both descriptors it owns.
+    `close()` releases the ring, unmaps, and closes the memfd and the doorbell if it owns it (a
+    doorbell shared by a subscriber's rings belongs to whoever made it).
     """
 
     fd: int
     doorbell: int
     mapping: mmap.mmap
     ring: _ring.Ring
+    owns_doorbell: bool = True
 
     def close(self) -> None:
         self.ring.close()
         self.mapping.close()
-        for fd in (self.fd, self.doorbell):
-            if fd >= 0:
-                os.close(fd)
+        os.close(self.fd)
+        if self.owns_doorbell and self.doorbell >= 0:
+            os.close(self.doorbell)
 
     def __enter__(self) -> RingMap:
         return self
@@ -87,8 +91,9 @@ def slot_size_for(max_payload: int) -> int:
 
 
 def create(*, slot_count: int, max_payload: int, doorbell: bool = True,
-           name: str = "rtt-ring") -> RingMap:
-    """Create a formatted ring in a new memfd (and an eventfd doorbell unless `doorbell=False`).
+           shared_doorbell: int | None = None, name: str = "rtt-ring") -> RingMap:
+    """Create a formatted ring in a new memfd, with a new eventfd doorbell (unless
+    `doorbell=False`) or with `shared_doorbell`, an eventfd the caller keeps.
 
     Raises ValueError when `slot_count` is not a power of two.
     """
@@ -107,23 +112,30 @@ def create(*, slot_count: int, max_payload: int, doorbell: bool = True,
         mapping.close()
         os.close(fd)
         raise
+    if shared_doorbell is not None:
+        return RingMap(fd=fd, doorbell=shared_doorbell, mapping=mapping, owns_doorbell=False,
+                       ring=_ring.Ring(mapping, doorbell=shared_doorbell))
     bell = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if doorbell else -1
     return RingMap(fd=fd, doorbell=bell, mapping=mapping, ring=_ring.Ring(mapping, doorbell=bell))
 
 
-def attach(fd: int, *, doorbell: int = -1) -> RingMap:
-    """Map an existing ring memfd (received with `recv_fd`); takes ownership of both fds.
+def attach(fd: int, *, doorbell: int = -1, owns_doorbell: bool = True,
+           flight: Buffer | None = None) -> RingMap:
+    """Map an existing ring memfd (received with `recv_fd`); takes ownership of `fd`, and of
+    `doorbell` when `owns_doorbell`. `flight` is the route's flight page, recorded into by the
+    C hot path.
 
     Raises ValueError if the memfd does not hold a ring this version understands.
     """
     size = os.fstat(fd).st_size
     mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     try:
-        ring = _ring.Ring(mapping, doorbell=doorbell)
+        ring = _ring.Ring(mapping, doorbell=doorbell, flight=flight)
     except BaseException:
         mapping.close()
         raise
-    return RingMap(fd=fd, doorbell=doorbell, mapping=mapping, ring=ring)
+    return RingMap(fd=fd, doorbell=doorbell, mapping=mapping, ring=ring,
+                   owns_doorbell=owns_doorbell)
 
 
 def send_fd(sock: socket.socket, fd: int) -> None:
