@@ -30,8 +30,9 @@ from typing import Any
 
 from rtt_fabric import flight, graph, ring
 
-MAX_PAYLOAD = 64 * 1024 - 32  # the largest frame payload on any lane (fabric/FRAME.md)
-SHM_SLOT_PAYLOAD = 4096 - 32  # shm slots carry up to 4 KiB frames; larger payloads use uds/tcp
+MAX_PAYLOAD = 64 * 1024 - 32  # the largest frame payload on a uds or tcp lane (fabric/FRAME.md)
+SHM_SLOT = 4096  # an shm slot holds one frame: payloads up to 4064 bytes
+SHM_SLOT_PAYLOAD = SHM_SLOT - 32
 ROLES = ("pub", "sub")
 
 Session = Hashable
@@ -100,7 +101,10 @@ class Route:
 
 
 def _slot_count(link: graph.Link) -> int:
-    return graph.ring_bytes(link.throughput_qps, link.latency_budget_ms) // graph.SLOT_BYTES
+    """Slots of SHM_SLOT bytes within the ring memory the plan accounted for this route
+    (graph.ring_bytes), never more: a power of two, at least two."""
+    budget = graph.ring_bytes(link.throughput_qps, link.latency_budget_ms)
+    return max(2, 1 << ((budget // SHM_SLOT).bit_length() - 1)) if budget >= SHM_SLOT else 2
 
 
 class DataPlane:

@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 from rtt_fabric import _ring, flight, lanes
 from rtt_fabric.ring import WaitPolicy
 
-_DROPS, _MARKED, _NACKED, _BUFFERED = (flight.COUNTERS[k] for k in
-                                        ("drops", "marked", "nacked", "buffered"))
+_DROPS, _MARKED, _NACKED, _BUFFERED, _OVERSIZE = (
+    flight.COUNTERS[k] for k in ("drops", "marked", "nacked", "buffered", "oversize"))
 TAKE = 64  # frames pulled per lane per pass
 DEFAULT_WAIT = WaitPolicy()
 
@@ -75,6 +75,10 @@ class _Out:
 
     def offer(self, payload: bytes) -> bool:
         """Admit one frame under the route's policy; True if it was sent or buffered."""
+        if len(payload) > self.lane.route.max_payload:
+            self.lane.flight.add(_OVERSIZE, 1)
+            raise ValueError(f"payload of {len(payload)} bytes exceeds max_payload "
+                             f"{self.lane.route.max_payload} on {self.lane.route.lane}")
         if self.lane.flight.breaker == flight.BreakerState.OPEN:
             raise BreakerOpen(f"{self.lane.route.key}: breaker open")
         if self.backlog:

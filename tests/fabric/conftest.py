@@ -33,7 +33,9 @@ class Daemon:
 
     def __init__(self, root: Path, *, coordinator: Path | None = None,
                  env: dict[str, str] | None = None, shm_mb: int = 64,
-                 checkpoint_every: int = 10_000, in_doubt_after: float = 5.0) -> None:
+                 checkpoint_every: int = 10_000, in_doubt_after: float = 5.0,
+                 node: str = NODE, extra: tuple[str, ...] = ()) -> None:
+        self.node, self.extra = node, extra
         self.state, self.socket = root / "state", root / "fabric.sock"
         self.coordinator, self.env = coordinator, env or {}
         self.shm_mb, self.checkpoint_every = shm_mb, checkpoint_every
@@ -43,9 +45,9 @@ class Daemon:
 
     def start(self, *, wait: bool = True, **env: str) -> Daemon:
         argv = [sys.executable, "-m", "rtt_controller.cli.main", "fabric", "serve",
-                "--state", str(self.state), "--socket", str(self.socket), "--node", NODE,
+                "--state", str(self.state), "--socket", str(self.socket), "--node", self.node,
                 "--shm-mb", str(self.shm_mb), "--checkpoint-every", str(self.checkpoint_every),
-                "--in-doubt-after", str(self.in_doubt_after)]
+                "--in-doubt-after", str(self.in_doubt_after), *self.extra]
         if self.coordinator is not None:
             argv += ["--coordinator", str(self.coordinator)]
         with open(self.log, "ab") as log:
@@ -149,10 +151,25 @@ def symbol(saddr: str, *versions: str, lanes: tuple[str, ...] = ("shm", "uds", "
 
 
 def link(src: str, dst: str, *, lane: str = "shm", cls: str = "p2p", version: str = "1.0.0",
-         qps: int = 1000) -> dict[str, Any]:
-    return {"from": src, "to": dst, "class": cls, "lane": lane, "from_node": NODE,
-            "to_node": NODE, "version": version, "caps": ["c"],
-            "qos": {"latency_budget_ms": 10, "throughput_qps": qps, "backpressure": "taildrop"}}
+         qps: int = 1000, backpressure: str = "taildrop", budget_ms: float = 10,
+         from_node: str = NODE, to_node: str = NODE) -> dict[str, Any]:
+    return {"from": src, "to": dst, "class": cls, "lane": lane, "from_node": from_node,
+            "to_node": to_node, "version": version, "caps": ["c"],
+            "qos": {"latency_budget_ms": budget_ms, "throughput_qps": qps,
+                    "backpressure": backpressure}}
+
+
+def register(node: Daemon, service: str, *saddrs: str) -> None:
+    with node.client() as c:
+        c.call("register", service=service, symbols=[symbol(s) for s in saddrs])
+
+
+def commit(node: Daemon, txid: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """PREPARE and COMMIT one batch on `node`; the batch must be ACKed."""
+    with node.client() as c:
+        vote = c.call("prepare", txid=txid, plan_id=PLAN, steps=steps)
+        assert vote["vote"] == "ack", vote
+        return c.call("commit", txid=txid)
 
 
 PLAN = "sha256-" + "ab" * 32
