@@ -58,8 +58,10 @@ def run_pub(args: argparse.Namespace, conn: sdk.Connection) -> dict[str, Any]:
     pub = conn.publisher(args.saddr)
     _wait_routed(pub, args.timeout)
     sizes = [int(s) for s in args.sizes.split(",")]
-    admitted, oversize, refused = 0, 0, 0
+    admitted, oversize, refused, sent = 0, 0, 0, 0
     for seq in range(args.count):
+        if args.until and Path(args.until).exists():
+            break
         if args.corrupt_at == seq:
             while pub.flush():
                 time.sleep(0.001)
@@ -71,18 +73,20 @@ def run_pub(args: argparse.Namespace, conn: sdk.Connection) -> dict[str, Any]:
             oversize += 1
         except endpoints.Backpressure:
             refused += 1
+        sent += 1
         if args.pace_us:
             time.sleep(args.pace_us / 1e6)
     while pub.flush():
         time.sleep(0.001)
     if args.linger:
         time.sleep(args.linger)
-    return {"admitted": admitted, "oversize": oversize, "refused": refused}
+    return {"admitted": admitted, "oversize": oversize, "refused": refused, "sent": sent,
+            "generations": pub.generations}
 
 
 def _inject_corrupt(pub: endpoints.Publisher, seq: int) -> None:
     """Send one frame whose crc32c does not match, straight onto the lane (a fault injection)."""
-    out = next(iter(pub._routes.values()))  # noqa: SLF001 - the test reaches into its own lane
+    out = next(iter(pub._routes.values()))
     lane, data = out.lane, payload(seq, 64)
     if isinstance(lane, lanes.ShmOut):
         assert lane.write(lane.route.route_id, out.next_id, data, 0)
@@ -107,8 +111,16 @@ def run_sub(args: argparse.Namespace, conn: sdk.Connection) -> dict[str, Any]:
         time.sleep(0.01)
     seqs, ids, bad, senders = [], [], 0, set()
     deadline = time.monotonic() + args.timeout
+    quiet_since = None
     while len(seqs) + bad < args.count and time.monotonic() < deadline:
-        for frame in sub.drain(1024, timeout_s=0.2):
+        frames = sub.drain(1024, timeout_s=0.2)
+        if args.until and Path(args.until).exists():
+            quiet_since = quiet_since or time.monotonic()
+            if frames:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > 1.0:
+                break
+        for frame in frames:
             seq = check(frame.payload)
             if seq is None:
                 bad += 1
@@ -118,7 +130,8 @@ def run_sub(args: argparse.Namespace, conn: sdk.Connection) -> dict[str, Any]:
                 senders.add(frame.sender)
         if args.slow_ms:
             time.sleep(args.slow_ms / 1000)
-    return {"seqs": seqs, "frame_ids": ids, "bad": bad, "senders": sorted(senders)}
+    return {"seqs": seqs, "frame_ids": ids, "bad": bad, "senders": sorted(senders),
+            "generations": sub.generations}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,11 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-ms", type=float, default=0)
     parser.add_argument("--corrupt-at", type=int, default=-1,
                         help="before this frame, inject one whose crc32c is wrong")
+    parser.add_argument("--also", action="append", default=[],
+                        help="another symbol of the service to register (repeatable)")
     parser.add_argument("--ready", help="file to write once attached")
+    parser.add_argument("--until", help="file whose existence ends the run")
     parser.add_argument("--go", help="file whose existence starts the receiving")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    with sdk.connect(args.socket, service=args.service, symbols=[symbol(args.saddr)]) as conn:
+    symbols = [symbol(s) for s in (args.saddr, *args.also)]
+    with sdk.connect(args.socket, service=args.service, symbols=symbols) as conn:
         report = run_pub(args, conn) if args.role == "pub" else run_sub(args, conn)
     Path(args.out).write_text(json.dumps({**report, "pid": os.getpid()}))
     return 0
