@@ -1,4 +1,4 @@
-"""The subcommands: validate, plan, show, diff. Each returns an exit code.
+"""The subcommands: validate, plan, show, diff, keys, verify, fabric. Each returns an exit code.
 
 They wire the seams (git or directory source, solver) to the pure core and print the result.
 """
@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from rtt_controller import solvers
+from rtt_controller.cli import signatures
 from rtt_controller.cli.exits import INVALID, OK, UsageError
 from rtt_controller.core import inventory, loading, planner, render
 from rtt_controller.core import plan as plan_mod
@@ -180,6 +181,7 @@ def _register_plan(p: argparse.ArgumentParser) -> None:
                    help="also write the plan JSON to FILE; a folder (ending in /) gets "
                         "<plan_id>.json")
     p.add_argument("--graph-out", metavar="FILE", help="also write the desired graph JSON")
+    signatures.add_sign_args(p)
     _format_arg(p)
     _solver_args(p)
 
@@ -193,6 +195,7 @@ def _base(args: argparse.Namespace, cache: ParseCache) -> inventory.Graph:
 
 
 def plan(args: argparse.Namespace) -> int:
+    signatures.check_sign_args(args)
     cache = ParseCache()
     result = _plan(args, cache, rev=args.rev, base=_base(args, cache))
     document = result.plan.to_json()
@@ -201,6 +204,9 @@ def plan(args: argparse.Namespace) -> int:
         if args.out.endswith("/") or out.is_dir():
             out = out / f"{result.plan.plan_id}.json"
         _write_json(str(out), document)
+        if args.sign:
+            sig_path, sig = signatures.signature(args.sign, result.plan, out, args.key)
+            _write_json(str(sig_path), sig)
     if args.graph_out:
         _write_json(args.graph_out, result.desired.graph.to_json())
     _emit(result.plan, args.format)
@@ -271,6 +277,13 @@ def diff(args: argparse.Namespace) -> int:
     return OK
 
 
+# --- keys, verify -----------------------------------------------------------------------------
+
+
+def verify(args: argparse.Namespace) -> int:
+    return signatures.verify(args, read_snapshot=_snapshot)
+
+
 # --- fabric -----------------------------------------------------------------------------------
 
 
@@ -288,13 +301,17 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "plan": (_register_plan, _invalid_guard(plan)),
     "show": (_register_show, show),
     "diff": (_register_diff, _invalid_guard(diff)),
+    "keys": (signatures.register_keys, signatures.keys_command),
+    "verify": (signatures.register_verify, verify),
     "fabric": (_register_fabric, fabric),
 }
-ONE_SHOT = frozenset({"validate", "plan", "show", "diff"})  # run once and exit
+ONE_SHOT = frozenset({"validate", "plan", "show", "diff", "keys", "verify"})  # run once and exit
 HELP = {
     "validate": "validate desired/ and policies/ at a revision",
     "plan": "compute the deterministic, content-addressed plan",
     "show": "print a plan file",
     "diff": "the plan between two revisions, as a pull-request comment",
+    "keys": "make ed25519 signing keys (generate)",
+    "verify": "check a plan's signatures against the trust policy",
     "fabric": "run and inspect a fabric node (serve, status, wal verify)",
 }

@@ -224,16 +224,42 @@ class Rollout(Frozen):
         return value
 
 
+Text = Annotated[str, pydantic.StringConstraints(min_length=1)]
+# rtt_fabric.trust.decode_public_key reads this: 'ed25519:' + base64 of the raw 32-byte key.
+Ed25519Key = Annotated[str, pydantic.StringConstraints(pattern=r"^ed25519:[A-Za-z0-9+/]{43}=$")]
+
+
 class TrustKey(Frozen):
     key_id: Name
-    public_key: str
+    public_key: Ed25519Key
 
 
 class SigstoreIdentity(Frozen):
-    issuer: str
-    san: str | None = None
-    repository: str | None = None
-    ref: str | None = None
+    """A keyless signer: issuer plus SAN, or issuer plus GitHub workflow repository (and ref)."""
+
+    issuer: Text
+    san: Text | None = None
+    repository: Text | None = None
+    ref: Text | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _names_someone(self) -> SigstoreIdentity:
+        if self.san is None and self.repository is None:
+            raise ValueError("an identity needs `san` or `repository`; an issuer alone would "
+                             "trust everyone it vouches for")
+        return self
+
+
+SSH_KEY_PATTERN = (r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|"
+                   r"sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) "
+                   r"[A-Za-z0-9+/]+=*$")
+
+
+class AllowedSigner(Frozen):
+    """An SSH key allowed to sign commits (one line of an ssh allowed_signers file)."""
+
+    principal: Annotated[str, pydantic.StringConstraints(pattern=r"^[A-Za-z0-9@._+-]+$")]
+    public_key: Annotated[str, pydantic.StringConstraints(pattern=SSH_KEY_PATTERN)]
 
 
 class Trust(Frozen):
@@ -241,8 +267,10 @@ class Trust(Frozen):
     allow_unsigned: tuple[SaddrGlob, ...] = ()
     keys: tuple[TrustKey, ...] = ()
     sigstore_identities: tuple[SigstoreIdentity, ...] = ()
-    trusted_root: str = "production"
+    trusted_root: Text = "production"  # production, staging, or a path to a trusted_root.json
     clock_skew_s: Annotated[int, pydantic.Strict(), pydantic.Field(ge=0, le=3600)] = 30
+    require_signed_commits: Annotated[bool, pydantic.Strict()] = False
+    allowed_signers: tuple[AllowedSigner, ...] = ()
 
 
 class Policy(Frozen):

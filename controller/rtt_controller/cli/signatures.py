@@ -1,0 +1,246 @@
+"""The signing subcommands: `rtt keys generate`, `rtt verify`, and `rtt plan --sign`'s half.
+
+Signing goes through the `signing` seam; verification through `rtt_fabric.trust`, the same code
+the fabric runs. The trust policy is the `trust:` section of the repository's policies/ (at
+HEAD for a git repository), or a file given with `--trust`. Called by `commands`, which passes
+in the snapshot reader so this module does not import it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rtt_controller.cli.exits import INVALID, OK, UsageError
+from rtt_controller.core import loading, model
+from rtt_controller.core import plan as plan_mod
+from rtt_controller.signing import keys, sidecar
+from rtt_controller.source.snapshot import ParseCache, Snapshot
+from rtt_fabric import envelope, trust
+
+ReadSnapshot = Callable[[str, str | None, ParseCache], Snapshot]
+SIGN_METHODS = ("key", "sigstore")
+
+
+# --- rtt keys generate ------------------------------------------------------------------------
+
+
+def register_keys(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    gen = sub.add_parser("generate", help="make an ed25519 key pair: ID.key (0600) and ID.pub")
+    gen.add_argument("--key-id", required=True, metavar="ID",
+                     help="the key id policies/trust.yaml will name (also the file name)")
+    gen.add_argument("--out", default=".", metavar="DIR", help="folder for the files (default: .)")
+    gen.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def keys_command(args: argparse.Namespace) -> int:
+    try:
+        private, public = keys.generate(args.key_id, Path(args.out))
+    except keys.KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+    public_key = public.read_text(encoding="ascii").strip()
+    if args.format == "json":
+        print(json.dumps({"key_id": args.key_id, "private": str(private), "public": str(public),
+                          "public_key": public_key}, indent=2, sort_keys=True))
+        return OK
+    print(f"wrote {private} (private, mode 0600) and {public}")
+    print("to trust it, add to the `trust:` section of policies/:\n  keys:\n"
+          f"    - key_id: {args.key_id}\n      public_key: {public_key}")
+    return OK
+
+
+# --- rtt plan --sign --------------------------------------------------------------------------
+
+
+def add_sign_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sign", choices=SIGN_METHODS,
+                   help="sign the plan written by --out: with an ed25519 --key, or keyless "
+                        "through Sigstore (needs an ambient OIDC identity and the network)")
+    p.add_argument("--key", metavar="FILE", help="the ID.key file for --sign key")
+
+
+def check_sign_args(args: argparse.Namespace) -> None:
+    """Refuse a bad combination before any planning is done."""
+    if args.sign and not args.out:
+        raise UsageError("--sign needs --out: the signature is written beside the plan file")
+    if args.sign == "key" and not args.key:
+        raise UsageError("--sign key needs --key FILE (make one with `rtt keys generate`)")
+    if args.key and args.sign != "key":
+        raise UsageError("--key is used only with --sign key")
+    if args.key:
+        _load_key(args.key)
+
+
+def _load_key(path: str) -> tuple[str, Any]:
+    try:
+        return keys.load(Path(path))
+    except keys.KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def signature(method: str, built: plan_mod.Plan, plan_path: Path,
+              key: str | None) -> tuple[Path, Any]:
+    """The signature file to write beside `plan_path`, and its JSON value."""
+    statement = envelope.Statement(plan_id=built.plan_id, provenance=built.provenance.to_json())
+    if method == "key":
+        key_id, private = _load_key(str(key))
+        signed = keys.sign(statement, key_id=key_id, key=private)
+        return sidecar.path_for(plan_path, trust.Method.ED25519), signed.to_json()
+    # Imported here: sigstore takes ~0.6 s to import, and only this path signs with it.
+    from rtt_controller.signing import keyless  # noqa: PLC0415
+
+    try:
+        bundle = keyless.sign(statement, context=keyless.public_context(),
+                              identity=keyless.ambient_identity())
+    except keyless.KeylessError as exc:
+        raise UsageError(str(exc)) from None
+    return sidecar.path_for(plan_path, trust.Method.SIGSTORE), json.loads(bundle)
+
+
+# --- rtt verify -------------------------------------------------------------------------------
+
+
+def register_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", metavar="PLAN", help="a plan file written by `rtt plan --out`")
+    p.add_argument("--trust", metavar="FILE",
+                   help="a YAML file with a `trust:` section (default: the repository's policies/)")
+    p.add_argument("--repo", metavar="PATH",
+                   help="the repository whose policies/ to use (default: the nearest folder "
+                        "above PLAN that has policies/)")
+    p.add_argument("--signature", metavar="FILE", action="append",
+                   help="a signature file to check (default: PLAN's .dsse.json / .sigstore.json)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def verify(args: argparse.Namespace, *, read_snapshot: ReadSnapshot) -> int:
+    plan_path = Path(args.plan)
+    document = _read_plan(plan_path)
+    if document is None:
+        return INVALID
+    found = _policy(args, plan_path, read_snapshot)
+    if isinstance(found, int):
+        return found
+    policy, source = found
+    files = [Path(f) for f in args.signature] if args.signature else sidecar.beside(plan_path)
+    verdicts = [(f, _check(f, document, policy)) for f in files]
+    ok = bool(verdicts) and all(v.ok for _, v in verdicts)
+    _print_verdicts(args, plan_path, document, source, verdicts, ok=ok)
+    return OK if ok else INVALID
+
+
+def _read_plan(path: Path) -> Mapping[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}") from None
+    except ValueError as exc:
+        print(f"{path}:1: plan-format: not JSON ({exc})", file=sys.stderr)
+        return None
+    try:
+        plan_mod.load(data)
+    except plan_mod.PlanFormatError as exc:
+        print(f"{path}:1: plan-format: {exc}", file=sys.stderr)
+        return None
+    return data  # type: ignore[no-any-return]
+
+
+def _check(path: Path, document: Mapping[str, Any], policy: trust.TrustPolicy) -> trust.Verdict:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}") from None
+    return trust.bind(trust.verify(data, policy), document)
+
+
+def _policy(args: argparse.Namespace, plan_path: Path, read_snapshot: ReadSnapshot
+            ) -> tuple[trust.TrustPolicy, str] | int:
+    """The trust policy and where it came from, or INVALID after reporting why it is bad."""
+    if args.trust:
+        try:
+            data = Path(args.trust).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{args.trust}: {exc.strerror}") from None
+        parsed = loading.parse_file(args.trust, data)
+        return _trust_of([parsed], {args.trust: data}.__getitem__, root=Path())
+    root = Path(args.repo) if args.repo else _repo_of(plan_path)
+    snap = read_snapshot(str(root), None, ParseCache())
+    policy_files = [f for f in snap.files if f.path.startswith(loading.POLICIES_DIR)]
+    return _trust_of(policy_files, snap.read, root=root)
+
+
+def _repo_of(plan_path: Path) -> Path:
+    for folder in plan_path.resolve().parents:
+        if (folder / "policies").is_dir():
+            return folder
+    raise UsageError(f"{plan_path}: no folder above it has policies/; pass --repo or --trust")
+
+
+def _trust_of(files: Sequence[loading.ParsedFile], read: Callable[[str], bytes], *,
+              root: Path) -> tuple[trust.TrustPolicy, str] | int:
+    """The `trust:` section among `files` (paths relative to `root`); a relative
+    `trusted_root` is taken from the folder of the file that names it."""
+    bad = [finding for f in files for finding in f.findings]
+    if bad:
+        raw = {path: read(path) for path in sorted({b.path for b in bad})}
+        for diagnostic in loading.locate(bad, raw):
+            print(diagnostic.render(), file=sys.stderr)
+        return INVALID
+    source = next((f for f in files if any(key == "trust" for key, _ in f.policy)), None)
+    if source is None:
+        return trust.TrustPolicy.from_dict({}), "defaults (no `trust:` section, so none trusted)"
+    section: model.Trust = dict(source.policy)["trust"]
+    try:
+        policy = trust.TrustPolicy.from_dict(section.model_dump(mode="json"),
+                                             base=(root / source.path).parent)
+    except trust.PolicyError as exc:
+        print(f"{source.path}:1: trust-policy: {exc}", file=sys.stderr)
+        return INVALID
+    return policy, source.path
+
+
+def _print_verdicts(args: argparse.Namespace, plan_path: Path, document: Mapping[str, Any],
+                    source: str, verdicts: Sequence[tuple[Path, trust.Verdict]], *,
+                    ok: bool) -> None:
+    if not verdicts:
+        print(f"{plan_path}:1: plan-unsigned: no signature beside the plan (looked for "
+              + ", ".join(str(sidecar.path_for(plan_path, m)) for m in trust.Method) + ")",
+              file=sys.stderr)
+    for path, verdict in verdicts:
+        if verdict.problem:
+            print(f"{path}:1: {verdict.refusal}: {verdict.problem}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps({"ok": ok, "plan": str(plan_path), "plan_id": document.get("plan_id"),
+                          "policy": source,
+                          "signatures": [_verdict_json(p, v) for p, v in verdicts]},
+                         indent=2, sort_keys=True))
+        return
+    for path, verdict in verdicts:
+        print(f"{path}: {_describe(verdict)}")
+    print(f"{'trusted' if ok else 'NOT trusted'}: plan {document.get('plan_id')} "
+          f"(policy: {source})")
+
+
+def _describe(verdict: trust.Verdict) -> str:
+    if verdict.method is trust.Method.ED25519:
+        who = f"signed with ed25519 key {verdict.signer!r}"
+    elif verdict.method is trust.Method.SIGSTORE:
+        who = f"signed by {verdict.signer} (issuer {verdict.issuer}) through sigstore"
+    else:
+        who = "unreadable signature"
+    valid = ("valid" if verdict.statement is not None
+             else "not checked" if verdict.refusal is trust.Refusal.UNTRUSTED else "invalid")
+    trusted = "trusted by policy" if verdict.trusted else "not trusted by policy"
+    return f"{who}; {valid}; {trusted}" + (f"; refused: {verdict.refusal}" if verdict.problem
+                                          else "")
+
+
+def _verdict_json(path: Path, verdict: trust.Verdict) -> dict[str, Any]:
+    return {"file": str(path), "method": verdict.method, "signer": verdict.signer,
+            "issuer": verdict.issuer, "valid": verdict.statement is not None,
+            "trusted": verdict.trusted, "ok": verdict.ok, "rule": verdict.refusal,
+            "problem": verdict.problem}
