@@ -246,6 +246,11 @@ class Subscriber:
             self.generations += 1
         os.eventfd_write(self.bell, 1)  # a receiver asleep on the old set looks at the new one
 
+    @property
+    def lanes(self) -> int:
+        """Lanes held, counting retired ones not yet drained."""
+        return len(self._lanes)
+
     def _pull(self, limit: int) -> None:
         """Move frames from the lanes into the ready queue; free drained, retired lanes."""
         seen: set[tuple[str, str, str]] = set()

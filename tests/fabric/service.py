@@ -78,6 +78,8 @@ def run_pub(args: argparse.Namespace, conn: sdk.Connection) -> dict[str, Any]:
             time.sleep(args.pace_us / 1e6)
     while pub.flush():
         time.sleep(0.001)
+    if args.ready_after_send:
+        Path(args.ready_after_send).write_text("sent")
     if args.linger:
         time.sleep(args.linger)
     return {"admitted": admitted, "oversize": oversize, "refused": refused, "sent": sent,
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="another symbol of the service to register (repeatable)")
     parser.add_argument("--ready", help="file to write once attached")
     parser.add_argument("--until", help="file whose existence ends the run")
+    parser.add_argument("--ready-after-send", help="file to write once every frame is out")
     parser.add_argument("--go", help="file whose existence starts the receiving")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
