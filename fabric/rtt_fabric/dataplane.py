@@ -100,7 +100,7 @@ class Route:
         os.close(self.flight_fd)
 
 
-def _slot_count(link: graph.Link) -> int:
+def slot_count(link: graph.Link) -> int:
     """Slots of SHM_SLOT bytes within the ring memory the plan accounted for this route
     (graph.ring_bytes), never more: a power of two, at least two."""
     budget = graph.ring_bytes(link.throughput_qps, link.latency_budget_ms)
@@ -163,7 +163,7 @@ class DataPlane:
         self._next_gen += 1
         if link.lane == "shm":
             bell = self._bell(link.to)
-            made = ring.create(slot_count=_slot_count(link), max_payload=SHM_SLOT_PAYLOAD,
+            made = ring.create(slot_count=slot_count(link), max_payload=SHM_SLOT_PAYLOAD,
                                shared_doorbell=bell, name=f"rtt-ring-{route.route_id}")
             gen = Generation(number, "shm", ring=made)
             route.tx = route.rx = gen
