@@ -1168,9 +1168,37 @@ static PyObject *gate_take(Gate *self, PyObject *unused) {
     Py_RETURN_FALSE;
 }
 
-/* refund(): give back a token taken for a frame that could not be written after all. */
-static PyObject *gate_refund(Gate *self, PyObject *unused) {
-    self->tokens = self->tokens + 1.0 < self->burst ? self->tokens + 1.0 : self->burst;
+/* take_n(n): spend up to n whole tokens at once (a batch); returns how many. */
+static PyObject *gate_take_n(Gate *self, PyObject *arg) {
+    Py_ssize_t want = PyLong_AsSsize_t(arg);
+    if (want == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    uint64_t now = monotonic_ns();
+    double tokens = self->tokens + (double)(now - self->last_ns) * self->rate;
+    self->tokens = tokens < self->burst ? tokens : self->burst;
+    self->last_ns = now;
+    Py_ssize_t got = (Py_ssize_t)self->tokens;
+    got = want < got ? want : got;
+    got = got < 0 ? 0 : got;
+    self->tokens -= (double)got;
+    return PyLong_FromSsize_t(got);
+}
+
+/* refund(n=1): give back tokens taken for frames that could not be written after all. */
+static PyObject *gate_refund(Gate *self, PyObject *const *args, Py_ssize_t nargs) {
+    double n = 1.0;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "refund(n=1)");
+        return NULL;
+    }
+    if (nargs == 1) {
+        n = (double)PyLong_AsSsize_t(args[0]);
+        if (n == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    self->tokens = self->tokens + n < self->burst ? self->tokens + n : self->burst;
     Py_RETURN_NONE;
 }
 
@@ -1180,7 +1208,8 @@ static PyObject *gate_get_tokens(Gate *self, void *closure) {
 
 static PyMethodDef gate_methods[] = {
     {"take", (PyCFunction)gate_take, METH_NOARGS, NULL},
-    {"refund", (PyCFunction)gate_refund, METH_NOARGS, NULL},
+    {"take_n", (PyCFunction)gate_take_n, METH_O, NULL},
+    {"refund", (PyCFunction)(void (*)(void))gate_refund, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,7 +1,7 @@
 """Per-route circuit breakers, judged from flight-page samples. Pure: the daemon feeds samples.
 
-A route's errors are the frames it failed to deliver (`flight.Sample.errors`: corrupt,
-oversize, dropped, refused). The breaker:
+A route's errors are its wrong frames (`flight.Sample.errors`: corrupt or oversize; drops and
+nacks are backpressure doing its job). The breaker:
 
 - closed → open when more than `errors` happen within `window_s`;
 - open → half-open after `window_s` (publishers are refused meanwhile: `BreakerOpen`);

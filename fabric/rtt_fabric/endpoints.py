@@ -39,11 +39,14 @@ DEFAULT_WAIT = WaitPolicy()
 
 
 class Backpressure(Exception):
-    """The route refused the frame (nack), or the sender's buffer stayed full (buffer)."""
+    """A route refused a frame (nack), or a sender's buffer stayed full (buffer). `admitted`
+    counts the admissions the call made all the same."""
+
+    admitted = 0
 
 
-class BreakerOpen(Exception):
-    """The route's breaker is open: the daemon cut it after too many errors."""
+class BreakerOpen(Backpressure):
+    """A route's breaker is open: the daemon cut it after too many errors."""
 
 
 class Frame(NamedTuple):
@@ -60,37 +63,52 @@ def _route(entry: dict[str, Any]) -> lanes.Route:
                        qos=entry["qos"])
 
 
+class _Full(Exception):
+    """A buffer-mode backlog is at its limit: the sender must wait (outside the lock)."""
+
+
 class _Out:
     """One route as its publisher sees it: the lane plus admission state."""
 
-    def __init__(self, lane: lanes.OutLane, next_id: int, *, buffer_limit: int,
-                 block_s: float) -> None:
+    def __init__(self, lane: lanes.OutLane, next_id: int, *, buffer_limit: int) -> None:
         qos = lane.route.qos
         self.lane, self.next_id = lane, next_id
         self.mode: str = qos["backpressure"]
         burst = max(1.0, qos["throughput_qps"] * qos["latency_budget_ms"] / 1000)
         self.gate = _ring.Gate(float(qos["throughput_qps"]), burst)
         self.backlog: collections.deque[bytes] = collections.deque()
-        self.buffer_limit, self.block_s = buffer_limit, block_s
+        self.buffer_limit = buffer_limit
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.lane.route.key
+
+    def batch(self, payloads: Sequence[bytes]) -> int:
+        """The fast path for a run of frames: as many as there are tokens and room for, in one
+        write (one release store on a ring). Returns how many went; the caller offers the rest
+        one by one, so the route's policy decides their fate."""
+        if self.backlog:
+            return 0
+        tokens = self.gate.take_n(len(payloads))
+        sent = self.lane.write_many(self.lane.route.route_id, self.next_id & 0xFFFFFFFF,
+                                    payloads[:tokens], 0) if tokens else 0
+        if tokens > sent:
+            self.gate.refund(tokens - sent)
+        self.next_id += sent
+        return sent
 
     def offer(self, payload: bytes) -> bool:
-        """Admit one frame under the route's policy; True if it was sent or buffered."""
-        if len(payload) > self.lane.route.max_payload:
-            self.lane.flight.add(_OVERSIZE, 1)
-            raise ValueError(f"payload of {len(payload)} bytes exceeds max_payload "
-                             f"{self.lane.route.max_payload} on {self.lane.route.lane}")
-        if self.lane.flight.breaker == flight.BreakerState.OPEN:
-            raise BreakerOpen(f"{self.lane.route.key}: breaker open")
+        """Admit one frame under the route's policy; True if it was sent or buffered. Raises
+        Backpressure (nack) or _Full (buffer mode, backlog at its limit)."""
         if self.backlog:
             self.flush()
             if self.backlog:
                 return self._buffer(payload)
         flags = 0
         if not self.gate.take():
-            if self.mode == "mark":
-                flags = _ring.FLAG_MARK
-            else:
-                return self._refuse(payload)
+            if self.mode != "mark":
+                return self._refuse(payload, "over rate")
+            flags = _ring.FLAG_MARK
         if self.lane.write(self.lane.route.route_id, self.next_id & 0xFFFFFFFF, payload, flags):
             self.next_id += 1
             if flags:
@@ -98,26 +116,20 @@ class _Out:
             return True
         if flags == 0:
             self.gate.refund()
-        return self._refuse(payload, full=True)
+        return self._refuse(payload, "lane full")
 
-    def _refuse(self, payload: bytes, *, full: bool = False) -> bool:
+    def _refuse(self, payload: bytes, why: str) -> bool:
         if self.mode == "buffer":
             return self._buffer(payload)
         if self.mode == "nack":
             self.lane.flight.add(_NACKED, 1)
-            raise Backpressure(f"{self.lane.route.key}: {'lane full' if full else 'over rate'}")
+            raise Backpressure(f"{self.key}: {why}")
         self.lane.flight.add(_DROPS, 1)
         return False
 
     def _buffer(self, payload: bytes) -> bool:
-        deadline = time.monotonic() + self.block_s
-        while len(self.backlog) >= self.buffer_limit:
-            self.flush()
-            if len(self.backlog) < self.buffer_limit:
-                break
-            if time.monotonic() > deadline:
-                raise Backpressure(f"{self.lane.route.key}: buffer full for {self.block_s} s")
-            time.sleep(0.0002)
+        if len(self.backlog) >= self.buffer_limit:
+            raise _Full
         self.backlog.append(payload)
         self.lane.flight.add(_BUFFERED, 1)
         return True
@@ -132,6 +144,12 @@ class _Out:
             self.backlog.popleft()
             self.next_id += 1
 
+    def close(self) -> None:
+        if self.backlog:  # nothing is lost silently: frames that never left are counted
+            self.lane.flight.add(_DROPS, len(self.backlog))
+            self.backlog.clear()
+        self.lane.close()
+
 
 class Publisher:
     """Sends one symbol's frames on every route it has (one for p2p, each for a bus)."""
@@ -142,10 +160,14 @@ class Publisher:
         self._routes: dict[tuple[str, str, str], _Out] = {}
         self._buffer_limit, self._block_s = buffer_limit, block_s
         self.generations = 0  # lane sets installed so far
+        self._closed = False
 
-    def install(self, entries: Sequence[dict[str, Any]], fds: list[int]) -> None:
-        """Swap in the daemon's new lane set (control thread, under the lock)."""
+    def install(self, entries: Sequence[dict[str, Any]], fds: list[int]) -> bool:
+        """Swap in the daemon's new lane set (control thread, under the lock). False, having
+        taken no descriptor, once the handle is closed."""
         with self.lock:
+            if self._closed:
+                return False
             old, new = self._routes, {}
             for entry in entries:
                 key = (entry["from"], entry["to"], entry["class"])
@@ -155,50 +177,95 @@ class Publisher:
                 elif entry["fds"]:
                     lane = lanes.open_out(_route(entry), fds, entry["fds"])
                     new[key] = _Out(lane, held.next_id if held else 0,
-                                    buffer_limit=self._buffer_limit, block_s=self._block_s)
-                    if held is not None:
-                        new[key].backlog = held.backlog  # still in order, on the new lane
+                                    buffer_limit=self._buffer_limit)
+                    if held is not None:  # the route changed lane: its backlog moves over
+                        new[key].backlog, held.backlog = held.backlog, collections.deque()
             for gone in old.values():
-                if gone.backlog and gone.lane.route.key not in new:
-                    gone.lane.flight.add(_DROPS, len(gone.backlog))  # the route was removed
-                gone.lane.close()
+                gone.close()
             self._routes = new
             self.generations += 1
+        return True
 
     @property
     def routes(self) -> list[tuple[str, str, str]]:
         return sorted(self._routes)
 
     def send(self, payload: bytes) -> int:
-        """Offer one frame to each route; returns how many admitted it (sent or buffered).
-        Raises Backpressure (a nack, or a buffer full for `block_s`) after offering it to every
-        route, or BreakerOpen."""
-        admitted, refused = 0, []
-        with self.lock:
-            for out in self._routes.values():
-                try:
-                    admitted += out.offer(payload)
-                except Backpressure as exc:
-                    refused.append(str(exc))
-        if refused:
-            raise Backpressure("; ".join(refused))
-        return admitted
+        """Offer one frame to every route; returns how many admitted it (sent or buffered)."""
+        return self.send_many((payload,))
 
     def send_many(self, payloads: Iterable[bytes]) -> int:
-        """`send` each payload; returns the total admissions."""
-        return sum(self.send(p) for p in payloads)
+        """Offer each frame to every route, in order; returns the admissions (frames x routes).
+
+        Nothing is sent when a payload is larger than some route carries (ValueError). A route
+        whose breaker is open is skipped (BreakerOpen, raised after the others had theirs). A
+        nacked frame does not stop the rest (Backpressure, raised at the end, with `admitted`).
+        In buffer mode a full backlog makes the call wait, for up to `block_s`, then raise."""
+        items = list(payloads)
+        admitted, done = 0, dict[tuple[str, str, str], int]()
+        problems: list[Backpressure] = []
+        deadline = time.monotonic() + self._block_s
+        while True:
+            with self.lock:
+                if not done:
+                    self._check_sizes(items)
+                waiting = False
+                for key, out in self._routes.items():
+                    if done.get(key, 0) == len(items):
+                        continue
+                    if out.lane.flight.breaker == flight.BreakerState.OPEN:
+                        problems.append(BreakerOpen(f"{key}: breaker open"))
+                        done[key] = len(items)
+                        continue
+                    sent, offered, refused = self._feed(out, items, done.get(key, 0))
+                    admitted += sent
+                    problems += refused
+                    done[key] = offered
+                    waiting |= offered < len(items)
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                problems.append(Backpressure(f"{self.saddr}: buffer full for {self._block_s} s"))
+                break
+            time.sleep(0.0002)  # the receiver drains; the control thread flushes meanwhile
+        return _settle(admitted, problems)
+
+    def _check_sizes(self, items: list[bytes]) -> None:
+        largest = max(map(len, items), default=0)
+        over = [o for o in self._routes.values() if largest > o.lane.route.max_payload]
+        for out in over:
+            out.lane.flight.add(_OVERSIZE, sum(len(p) > out.lane.route.max_payload
+                                               for p in items))
+        if over:
+            raise ValueError(f"payload of {largest} bytes exceeds max_payload "
+                             f"{over[0].lane.route.max_payload} on {over[0].lane.route.lane}")
+
+    @staticmethod
+    def _feed(out: _Out, items: list[bytes], start: int) -> tuple[int, int, list[Backpressure]]:
+        """Offer items[start:] to one route: (admitted, offered so far, refusals)."""
+        sent = out.batch(items) if start == 0 and len(items) > 1 else 0
+        index, refused = start + sent, list[Backpressure]()
+        while index < len(items):
+            try:
+                sent += out.offer(items[index])
+            except Backpressure as exc:
+                refused.append(exc)
+            except _Full:
+                break
+            index += 1
+        return sent, index, refused
 
     async def send_async(self, payload: bytes) -> int:
         """`send` that waits in the event loop, not in the thread, while a buffer is full."""
-        while self._full():
+        deadline = time.monotonic() + self._block_s
+        while self._full() and time.monotonic() < deadline:
             self.flush()
             await asyncio.sleep(0.0005)
         return self.send(payload)
 
     def _full(self) -> bool:
         with self.lock:
-            return any(o.mode == "buffer" and len(o.backlog) >= o.buffer_limit
-                       for o in self._routes.values())
+            return any(len(o.backlog) >= o.buffer_limit for o in self._routes.values())
 
     def flush(self) -> int:
         """Push buffered frames out; returns how many are still waiting."""
@@ -213,9 +280,20 @@ class Publisher:
 
     def close(self) -> None:
         with self.lock:
+            self._closed = True
             for out in self._routes.values():
-                out.lane.close()
+                out.close()
             self._routes = {}
+
+
+def _settle(admitted: int, problems: list[Backpressure]) -> int:
+    if not problems:
+        return admitted
+    kind = BreakerOpen if all(isinstance(p, BreakerOpen) for p in problems) else Backpressure
+    error = kind("; ".join(str(p) for p in problems[:8])
+                 + (f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""))
+    error.admitted = admitted
+    raise error
 
 
 class Subscriber:
@@ -228,9 +306,14 @@ class Subscriber:
         self._lanes: list[lanes.InLane] = []  # older generations of a route come first
         self._ready: collections.deque[Frame] = collections.deque()
         self.generations = 0
+        self._closed = False
 
-    def install(self, entries: Sequence[dict[str, Any]], fds: list[int], bell: int) -> None:
+    def install(self, entries: Sequence[dict[str, Any]], fds: list[int], bell: int) -> bool:
+        """Take in the daemon's new lane set: new lanes open, dropped ones retire (read to
+        their end, then freed). False, having taken no descriptor, once closed."""
         with self.lock:
+            if self._closed:
+                return False
             if self.bell < 0:
                 self.bell = bell
             else:
@@ -244,7 +327,8 @@ class Subscriber:
             for lane in self._lanes:
                 lane.retiring = (lane.route.key, lane.route.generation) not in live
             self.generations += 1
-        os.eventfd_write(self.bell, 1)  # a receiver asleep on the old set looks at the new one
+            os.eventfd_write(self.bell, 1)  # a receiver asleep on the old set looks anew
+        return True
 
     @property
     def lanes(self) -> int:
@@ -336,6 +420,7 @@ class Subscriber:
 
     def close(self) -> None:
         with self.lock:
+            self._closed = True
             for lane in self._lanes:
                 lane.close()
             self._lanes = []

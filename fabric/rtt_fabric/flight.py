@@ -125,9 +125,10 @@ class Sample:
 
     @property
     def errors(self) -> int:
-        """Frames the route failed to deliver: corrupt, oversize, dropped or refused."""
+        """Frames that were wrong: corrupt on arrival, or too large to send. Drops and nacks
+        are the route's backpressure policy at work, not errors; gates judge them as a rate."""
         c = self.counters
-        return c["crc_errors"] + c["oversize"] + c["drops"] + c["nacked"]
+        return c["crc_errors"] + c["oversize"]
 
     @property
     def qdepth(self) -> int:

@@ -16,11 +16,14 @@ import mmap
 import os
 import select
 import socket
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from rtt_fabric import _ring, flight, ring
 
 READ_CHUNK = 256 * 1024
+STALL_S = 5.0  # a receiver that takes no byte of a half-sent frame for this long is gone
 Raw = tuple[int, int, bytes, int]  # route_id, frame_id, payload, flags
 
 
@@ -59,6 +62,7 @@ class ShmOut(_Lane):
         super().__init__(route, fds, spec)
         self.end = ring.attach(fds[spec["ring"]], doorbell=fds[spec["bell"]], flight=self.page)
         self.write = self.end.ring.push  # (route_id, frame_id, payload, flags) -> bool
+        self.write_many = self.end.ring.send_many  # (route_id, first_id, payloads, flags) -> int
 
     def close(self) -> None:
         self.end.ring.seal()  # the subscriber drains up to here, then frees the ring
@@ -78,7 +82,8 @@ class StreamOut(_Lane):
     def write(self, route_id: int, frame_id: int, payload: bytes, flags: int = 0) -> bool:
         return self.write_many(route_id, frame_id, [payload], flags) == 1
 
-    def write_many(self, route_id: int, first: int, payloads: list[bytes], flags: int = 0) -> int:
+    def write_many(self, route_id: int, first: int, payloads: Sequence[bytes],
+                   flags: int = 0) -> int:
         """All of `payloads` in one write, or none when the socket has no room. A frame once
         started is finished (waiting for room), so the stream never holds half a frame."""
         if self.broken:
@@ -91,18 +96,22 @@ class StreamOut(_Lane):
         except OSError:
             self.broken = True  # the receiver is gone; the daemon sends a new lane set
             return 0
-        calls = 1
-        view = memoryview(data)[sent:]
-        while view:
-            select.select([], [self.sock], [], 1.0)
+        calls, view = 1, memoryview(data)[sent:]
+        stalled = time.monotonic() + STALL_S
+        while view and not self.broken:
+            select.select([], [self.sock], [], 0.1)
             try:
                 n = self.sock.send(view)
             except BlockingIOError:
+                self.broken = time.monotonic() > stalled
                 continue
             except OSError:
                 self.broken = True
                 break
-            view, calls = view[n:], calls + 2
+            view, calls, stalled = view[n:], calls + 2, time.monotonic() + STALL_S
+        if self.broken:  # the stream is cut mid-frame; the daemon sends a new lane set
+            self.flight.add(flight.COUNTERS["drops"], len(payloads))
+            return len(payloads)
         self.flight.sent(len(payloads), len(data) - 32 * len(payloads), calls)
         return len(payloads)
 

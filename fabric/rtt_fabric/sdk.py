@@ -238,7 +238,7 @@ class Connection:
         used = {i for e in entries for i in e["fds"].values()}
         if isinstance(handle, endpoints.Subscriber):
             used.add(message["bell"])
-            handle.install(entries, fds, fds[message["bell"]])
+            taken = handle.install(entries, fds, fds[message["bell"]])
         else:
-            handle.install(entries, fds)
-        return used
+            taken = handle.install(entries, fds)
+        return used if taken else set()

@@ -47,6 +47,18 @@ class Resources:
                    threads=threads if pid else threading.active_count())
 
 
+def steady(pid: int) -> Resources:
+    """The daemon's resources once nothing is in flight: a closing client connection holds an
+    fd for a moment, so a baseline is taken from two equal reads 100 ms apart."""
+    last = Resources.of(pid)
+    while True:
+        time.sleep(0.1)
+        now = Resources.of(pid)
+        if now == last:
+            return now
+        last = now
+
+
 def settle(expected: Resources, now: Callable[[], Resources], timeout_s: float = 10.0) -> None:
     """Wait for asynchronous reclamation to bring a process back to `expected`."""
     deadline = time.monotonic() + timeout_s
@@ -75,7 +87,7 @@ def test_connect_disconnect_cycles_leave_no_fds_threads_or_memfds(daemon: Daemon
             pub.send(b"x")
 
     cycle()  # warm-up: first-use allocations are not leaks
-    here, there = Resources.of(), Resources.of(pid)
+    here, there = Resources.of(), steady(pid)
     for _ in range(CYCLES):
         cycle()
     assert Resources.of() == here
@@ -103,7 +115,7 @@ def test_route_add_remove_cycles_leave_no_fds_threads_or_memfds(daemon: Daemon) 
         for lane in ("shm", "uds"):
             cycle(-1, lane)
         wait_for(lambda: not sub.drain(timeout_s=0) and sub.lanes == 0)
-        here, there = Resources.of(), Resources.of(pid)
+        here, there = Resources.of(), steady(pid)
         for i in range(CYCLES):
             cycle(i, ("shm", "uds")[i % 2])
         # The last retired lane is freed once the subscriber has seen its final lane set.
@@ -119,7 +131,7 @@ def test_a_killed_service_has_its_lanes_reclaimed(daemon: Daemon, tmp_path: Path
     pid = daemon.proc.pid  # type: ignore[union-attr]
     with sdk.connect(daemon.socket, service="sink", symbols=[symbol(SUB)]) as into:
         sub = into.subscriber(SUB)
-        before_here, before_there = Resources.of(), Resources.of(pid)
+        before_here, before_there = Resources.of(), steady(pid)
 
         ready = tmp_path / "pub.ready"
         pub = spawn(daemon, "pub", tmp_path / "pub.json", service="svc", saddr=PUB, count=500,
