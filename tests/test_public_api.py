@@ -11,7 +11,8 @@ import rtt_controller
 
 PUBLIC = {
     "rtt_controller": ["__version__"],
-    "rtt_fabric": [],
+    "rtt_fabric": ["Backpressure", "BreakerOpen", "ConnectError", "Connection", "Frame",
+                   "Publisher", "Subscriber", "WaitPolicy", "connect"],
 }
 
 

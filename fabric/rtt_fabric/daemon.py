@@ -256,21 +256,16 @@ class Daemon:
         """The requests that bind to the connection: register names the service it speaks for;
         attach and detach take and give back the ends of that service's symbols."""
         if request.op == "register":
-            if session is not None and session.service not in (None, request.service):
-                raise participant.Refused(
-                    "conflict", f"this connection already speaks for {session.service}")
             self._part().register(request.service, [s.model_dump() for s in request.symbols])
             if session is not None:
-                session.service = request.service
+                session.services.add(request.service)
             reply = self._logged({"registered": len(request.symbols)})
             return dataplane.Push(session, protocol.ok(request.id, **reply))
-        if session is None or session.service is None:
-            raise participant.Refused("unregistered", "register a service on this connection "
-                                                      "before attaching its symbols")
         owner = self._part().symbols.get(request.saddr)
-        if owner is None or owner.service != session.service:
-            raise participant.Refused("forbidden", f"{request.saddr} is not a symbol of "
-                                                   f"{session.service}")
+        if session is None or owner is None or owner.service not in session.services:
+            raise participant.Refused(
+                "forbidden", f"{request.saddr} is not a symbol of a service registered on this "
+                             "connection")
         if request.op == "detach":
             self._push(self.plane.detach(session, request.saddr, request.role))
             return dataplane.Push(session, protocol.ok(request.id))

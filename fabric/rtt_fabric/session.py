@@ -21,7 +21,7 @@ _ids = itertools.count(1)
 class Session:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.id = next(_ids)
-        self.service: str | None = None  # set by `register` on this connection
+        self.services: set[str] = set()  # registered on this connection: its ends to attach
         self._writer = writer
         self._queue: asyncio.Queue[tuple[bytes, tuple[int, ...], tuple[int, ...]] | None] = (
             asyncio.Queue())

@@ -8,6 +8,7 @@ product: `rtt fabric serve` in its own process.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -173,3 +174,52 @@ def commit(node: Daemon, txid: str, steps: list[dict[str, Any]]) -> dict[str, An
 
 
 PLAN = "sha256-" + "ab" * 32
+
+
+# --- service processes ---------------------------------------------------------------------
+
+_SPAWNED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_services() -> Iterator[None]:
+    """A test that fails mid-way must not leave its service processes running."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def spawn(node: Daemon, role: str, out: Path, *, service: str, saddr: str,
+          **options: Any) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "tests.fabric.service", role, "--socket", str(node.socket),
+            "--service", service, "--saddr", saddr, "--out", str(out)]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    proc = subprocess.Popen(argv)
+    _SPAWNED.append(proc)
+    return proc
+
+
+def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert proc.poll() is None, f"service exited {proc.returncode} before {path.name}"
+        assert time.monotonic() < deadline, f"no {path.name}"
+        time.sleep(0.01)
+
+
+def report(proc: subprocess.Popen[bytes], out: Path, timeout_s: float = 60) -> dict[str, Any]:
+    assert proc.wait(timeout_s) == 0
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def flight_of(node: Daemon, src: str, dst: str) -> dict[str, Any]:
+    with node.client() as c:
+        routes = c.call("flight")["routes"]
+    (route,) = [r for r in routes if (r["from"], r["to"]) == (src, dst)]
+    return route

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from rtt_fabric import dataplane, endpoints, graph, sdk
-from tests.fabric.conftest import Daemon, commit, link, register, symbol
-from tests.fabric.test_lanes import flight_of
+from tests.fabric.conftest import Daemon, commit, flight_of, link, register, symbol
 
 PUB, SUB = "rtt://bp/out/a", "rtt://bp/in/b"
 SENT = 300

@@ -7,54 +7,28 @@ frames are refused and counted in the route's flight page.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rtt_fabric import dataplane
-from tests.fabric.conftest import Daemon, commit, link, register
+from tests.fabric.conftest import (
+    Daemon,
+    commit,
+    flight_of,
+    link,
+    register,
+    report,
+    spawn,
+    wait_file,
+)
 
 PUB, SUB = "rtt://svc/out/frames", "rtt://svc/in/frames"
 LARGEST = {"shm": dataplane.SHM_SLOT_PAYLOAD, "uds": dataplane.MAX_PAYLOAD,
            "tcp": dataplane.MAX_PAYLOAD}
 
 pytestmark = pytest.mark.e2e
-
-
-def spawn(node: Daemon, role: str, out: Path, *, service: str, saddr: str,
-          **options: Any) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "tests.fabric.service", role, "--socket", str(node.socket),
-            "--service", service, "--saddr", saddr, "--out", str(out)]
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        argv += [flag] if value is True else [flag, str(value)]
-    return subprocess.Popen(argv)
-
-
-def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        assert proc.poll() is None, f"service exited {proc.returncode} before {path.name}"
-        assert time.monotonic() < deadline, f"no {path.name}"
-        time.sleep(0.01)
-
-
-def report(proc: subprocess.Popen[bytes], out: Path, timeout_s: float = 60) -> dict[str, Any]:
-    assert proc.wait(timeout_s) == 0
-    result: dict[str, Any] = json.loads(out.read_text())
-    return result
-
-
-def flight_of(node: Daemon, src: str, dst: str) -> dict[str, Any]:
-    with node.client() as c:
-        routes = c.call("flight")["routes"]
-    (route,) = [r for r in routes if (r["from"], r["to"]) == (src, dst)]
-    return route
 
 
 def exchange(node: Daemon, tmp_path: Path, *, lane: str, sizes: list[int], count: int,

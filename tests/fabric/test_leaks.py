@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from rtt_fabric import sdk
-from tests.fabric.conftest import Daemon, commit, link, register, symbol
-from tests.fabric.test_lanes import spawn, wait_file
+from tests.fabric.conftest import Daemon, commit, link, register, spawn, symbol, wait_file
 
 PUB, SUB = "rtt://leak/out/a", "rtt://leak/in/b"
 CYCLES = 2000

@@ -13,8 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.fabric.conftest import Daemon, commit, link, register
-from tests.fabric.test_lanes import flight_of, report, spawn, wait_file
+from tests.fabric.conftest import (
+    Daemon,
+    commit,
+    flight_of,
+    link,
+    register,
+    report,
+    spawn,
+    wait_file,
+)
 
 MAIN, AUX = "rtt://svc/out/main", "rtt://svc/out/aux"
 SINK, SIDE = "rtt://svc/in/main", "rtt://svc/in/side"
