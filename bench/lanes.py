@@ -1,6 +1,11 @@
 """Lane benchmark: the shm ring against the usual ways to move messages between two processes.
 
-    python -m bench.lanes [--runs 3] [--pace-us 50] [--samples 20000]
+    python -m bench.lanes [--runs 3] [--pace-us 50] [--samples 20000] [--skip recorder,sdk]
+
+Three sections, in one invocation so that every ratio compares figures from the same sitting:
+this module's raw lanes (below), the flight recorder's cost per frame (bench.recorder) and the
+lanes as a service gets them through the SDK and a node daemon (bench.sdk). Each prints its own
+Markdown table; the last table holds issue 5's bars.
 
 Two forked processes, pinned to different cores when there are two or more, exchange 64 B and
 4 KiB messages over:
@@ -24,8 +29,6 @@ within a run, then the median across runs). Prints Markdown tables.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import multiprocessing.connection
 import os
 import platform
 import socket
@@ -34,11 +37,11 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import zmq
 
+from bench import pair, recorder, sdk
 from rtt_fabric import _ring, ring
 
 SIZES = (64, 4096)
@@ -46,31 +49,13 @@ ROUTE = 1
 BATCH_BYTES = 64 * 1024  # send_many batches of 64 B x 1024 or 4 KiB x 16; drains take 4 batches
 COUNTS = {"shm": 2_000_000, "peer": 300_000}  # per throughput run, 64 B; 4 KiB uses a quarter
 LEN = struct.Struct("<I")
-STAMP = struct.Struct("<Q")
-FORK = multiprocessing.get_context("fork")
-
-# A lane is (producer, consumer). producer(end, count, payload, pace_ns) -> first-send ns;
-# consumer(end, count, timed) -> (last-receive ns, one-way latencies in ns when timed).
-Producer = Callable[[Any, int, bytes, int], int]
-Consumer = Callable[[Any, int, bool], tuple[int, list[int]]]
-
-
-def _paced(pace_ns: int, previous: int) -> int:
-    """Spin until `pace_ns` after `previous`; returns the new send time."""
-    now = time.monotonic_ns()
-    while now < previous + pace_ns:
-        now = time.monotonic_ns()
-    return now
+STAMP, FORK = pair.STAMP, pair.FORK
 
 
 def _batch(size: int) -> int:
     """Frames per send_many. Draining 256 x 4 KiB frames per call measured 0.5M msgs/s against
     2.4M for 64 per call here, so batches are sized in bytes, not frames."""
     return max(1, BATCH_BYTES // max(size, 64))
-
-
-def _stamped(payload: bytes) -> bytes:
-    return STAMP.pack(time.monotonic_ns()) + payload[STAMP.size:]
 
 
 # ---------------------------------------------------------------- shm ring
@@ -81,7 +66,7 @@ def shm_send_single(end: ring.RingMap, count: int, payload: bytes, pace_ns: int)
     start = time.monotonic_ns()
     for frame in range(count):
         if pace_ns:
-            sent = _paced(pace_ns, sent)
+            sent = pair.paced(pace_ns, sent)
         while not push(ROUTE, frame, payload):
             pass
     return start
@@ -152,8 +137,8 @@ def queue_send(q: Any, count: int, payload: bytes, pace_ns: int) -> int:
     start, sent = time.monotonic_ns(), 0
     for _ in range(count):
         if pace_ns:
-            sent = _paced(pace_ns, sent)
-            q.put(_stamped(payload))
+            sent = pair.paced(pace_ns, sent)
+            q.put(pair.stamped(payload))
         else:
             q.put(payload)
     return start
@@ -168,22 +153,22 @@ def queue_recv(q: Any, count: int, timed: bool) -> tuple[int, list[int]]:
     return time.monotonic_ns(), lat
 
 
-def sock_send(pair: tuple[socket.socket, socket.socket], count: int, payload: bytes,
+def sock_send(socks: tuple[socket.socket, socket.socket], count: int, payload: bytes,
               pace_ns: int) -> int:
-    sock, prefix, sent = pair[0], LEN.pack(len(payload)), 0
+    sock, prefix, sent = socks[0], LEN.pack(len(payload)), 0
     start = time.monotonic_ns()
     for _ in range(count):
         if pace_ns:
-            sent = _paced(pace_ns, sent)
-            sock.sendall(prefix + _stamped(payload))
+            sent = pair.paced(pace_ns, sent)
+            sock.sendall(prefix + pair.stamped(payload))
         else:
             sock.sendall(prefix + payload)
     return start
 
 
-def sock_recv(pair: tuple[socket.socket, socket.socket], count: int,
+def sock_recv(socks: tuple[socket.socket, socket.socket], count: int,
               timed: bool) -> tuple[int, list[int]]:
-    sock, buf, got, lat = pair[1], b"", 0, []
+    sock, buf, got, lat = socks[1], b"", 0, []
     while got < count:
         buf += sock.recv(1 << 18)
         at = 0
@@ -207,8 +192,8 @@ def zmq_send(addr: str, count: int, payload: bytes, pace_ns: int) -> int:
         start, sent = time.monotonic_ns(), 0
         for _ in range(count):
             if pace_ns:
-                sent = _paced(pace_ns, sent)
-                push.send(_stamped(payload))
+                sent = pair.paced(pace_ns, sent)
+                push.send(pair.stamped(payload))
             else:
                 push.send(payload)
         push.setsockopt(zmq.LINGER, -1)
@@ -229,36 +214,6 @@ def zmq_recv(addr: str, count: int, timed: bool) -> tuple[int, list[int]]:
 # ---------------------------------------------------------------- harness
 
 
-def _pin(cpu: int) -> None:
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
-        os.sched_setaffinity(0, {cpus[cpu % len(cpus)]})
-
-
-def _child(fn: Callable[..., Any], cpu: int, go: Any, out: Any, *args: Any) -> None:
-    _pin(cpu)
-    go.wait()
-    out.send(fn(*args))
-
-
-def run_pair(producer: Producer, consumer: Consumer, end: Any, *, count: int, size: int,
-             pace_ns: int = 0) -> tuple[float, list[int]]:
-    """One producer and one consumer process; returns (msgs/s, latencies)."""
-    go = FORK.Barrier(2)
-    prx, ptx = FORK.Pipe(duplex=False)
-    crx, ctx = FORK.Pipe(duplex=False)
-    payload = bytes(size)
-    cons = FORK.Process(target=_child, args=(consumer, 1, go, ctx, end, count, pace_ns > 0))
-    prod = FORK.Process(target=_child, args=(producer, 0, go, ptx, end, count, payload, pace_ns))
-    cons.start()
-    prod.start()
-    start = prx.recv()
-    last, lat = crx.recv()
-    prod.join()
-    cons.join()
-    return count / ((last - start) / 1e9), lat
-
-
 def _idle_cpu(end: ring.RingMap, out: Any) -> None:
     cpu = time.process_time()
     ring.recv(end, ring.WaitPolicy(), timeout_s=1.0)
@@ -276,12 +231,7 @@ def idle_cpu_seconds() -> float:
         return spent
 
 
-def _pct(values: list[int], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000 if ordered else float("nan")
-
-
-LANES: list[tuple[str, Producer, Consumer, str]] = [
+LANES: list[tuple[str, pair.Producer, pair.Consumer, str]] = [
     ("shm busy-poll, single", shm_send_single, shm_recv_single, "shm"),
     ("shm busy-poll, batch", shm_send_batch, shm_recv_batch, "shm"),
     ("shm doorbell, single", shm_send_single, shm_recv_doorbell, "shm-bell"),
@@ -325,13 +275,14 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, int], dict[str, float]]
                     cell = samples.setdefault((name, size), {"tput": [], "p50": [], "p99": []})
                     end = _make_end(kind, size, tmp)
                     try:
-                        rate, _ = run_pair(producer, consumer, end, count=count, size=size)
+                        rate, _ = pair.run_pair(producer, consumer, end, count=count, size=size)
                         cell["tput"].append(rate)
                         if "batch" not in name:
-                            _, lat = run_pair(producer, consumer, end, count=args.samples,
-                                              size=size, pace_ns=args.pace_us * 1000)
-                            cell["p50"].append(_pct(lat, 0.50))
-                            cell["p99"].append(_pct(lat, 0.99))
+                            _, lat = pair.run_pair(producer, consumer, end,
+                                                   count=args.samples, size=size,
+                                                   pace_ns=args.pace_us * 1000)
+                            cell["p50"].append(pair.pct(lat, 0.50))
+                            cell["p99"].append(pair.pct(lat, 0.99))
                     finally:
                         _close_end(end)
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
@@ -339,12 +290,9 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, int], dict[str, float]]
             for key, cell in samples.items()}
 
 
-def _fmt_rate(v: float) -> str:
-    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k"
-
-
 def report(res: dict[tuple[str, int], dict[str, float]], idle_cpu: float,
            args: argparse.Namespace) -> None:
+    """The raw lanes' table (issue 5's bars come separately, from `bars`)."""
     zmq_name = LANES[-1][0]
     print(f"## Lane benchmark ({platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, pyzmq {zmq.pyzmq_version()} / "
@@ -356,7 +304,7 @@ def report(res: dict[tuple[str, int], dict[str, float]], idle_cpu: float,
         row = [name]
         for size in SIZES:
             cell, ref = res[(name, size)], res[(zmq_name, size)]["tput"]
-            row += [_fmt_rate(cell["tput"]), f"{cell['tput'] / ref:.1f}x"]
+            row += [pair.fmt_rate(cell["tput"]), f"{cell['tput'] / ref:.1f}x"]
         for size in SIZES:
             cell = res[(name, size)]
             row.append("—" if cell["p50"] != cell["p50"]
@@ -364,30 +312,27 @@ def report(res: dict[tuple[str, int], dict[str, float]], idle_cpu: float,
         print("| " + " | ".join(row) + " |")
     print(f"\nLatency: {args.samples} messages paced every {args.pace_us} µs. Shm doorbell "
           f"consumer CPU while idle for 1 s: {idle_cpu * 1000:.1f} ms.\n")
-    _bars(res, idle_cpu)
 
 
-def _bars(res: dict[tuple[str, int], dict[str, float]], idle_cpu: float) -> None:
+def bars(res: dict[tuple[str, int], dict[str, float]],
+         idle_cpu: float) -> list[tuple[str, str, bool]]:
+    """Issue 5's bars for the raw shm lane: (bar, measured, met)."""
     single, batch = res[("shm busy-poll, single", 64)], res[("shm busy-poll, batch", 64)]
     best64 = max(single["tput"], batch["tput"])
     best4k = max(res[("shm busy-poll, single", 4096)]["tput"],
                  res[("shm busy-poll, batch", 4096)]["tput"])
     zmq64 = res[("pyzmq PUSH/PULL ipc://", 64)]["tput"]
     bell = res[("shm doorbell, single", 64)]
-    bars = [
-        ("64 B ≥ 5M msgs/s (single / batch)", f"{_fmt_rate(single['tput'])} / "
-         f"{_fmt_rate(batch['tput'])}", best64 >= 5e6),
+    return [
+        ("64 B ≥ 5M msgs/s (single / batch)", f"{pair.fmt_rate(single['tput'])} / "
+         f"{pair.fmt_rate(batch['tput'])}", best64 >= 5e6),
         ("64 B one-way p50 ≤ 1 µs", f"{single['p50']:.2f} µs", single["p50"] <= 1),
         ("64 B one-way p99 ≤ 3 µs", f"{single['p99']:.2f} µs", single["p99"] <= 3),
         ("≥ 10x pyzmq (64 B, best shm)", f"{best64 / zmq64:.1f}x", best64 >= 10 * zmq64),
-        ("4 KiB ≥ 1.5M msgs/s (best shm)", _fmt_rate(best4k), best4k >= 1.5e6),
+        ("4 KiB ≥ 1.5M msgs/s (best shm)", pair.fmt_rate(best4k), best4k >= 1.5e6),
         ("doorbell p50 ≤ 5 µs (64 B)", f"{bell['p50']:.2f} µs", bell["p50"] <= 5),
         ("doorbell idle CPU near zero (1 s)", f"{idle_cpu * 1000:.1f} ms", idle_cpu < 0.01),
     ]
-    print("| issue 5 bar | measured | met |")
-    print("|---|---:|:---:|")
-    for bar, got, ok in bars:
-        print(f"| {bar} | {got} | {'yes' if ok else 'no'} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,9 +340,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pace-us", type=int, default=50)
     parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--skip", default="", help="comma-separated sections to leave out: "
+                        "recorder, sdk")
+    recorder.add_arguments(parser)
+    sdk.add_arguments(parser)
     args = parser.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
     res = measure(args)
-    report(res, statistics.median(idle_cpu_seconds() for _ in range(args.runs)), args)
+    idle_cpu = statistics.median(idle_cpu_seconds() for _ in range(args.runs))
+    met = bars(res, idle_cpu)
+    flight = None if "recorder" in skip else recorder.measure(args)
+    done = None if "sdk" in skip else sdk.measure(args)
+    report(res, idle_cpu, args)
+    if flight is not None:
+        recorder.report(flight, args)
+        met += recorder.bars(flight)
+    if done is not None:
+        sdk.report(done, args, raw={s: res[("shm busy-poll, single", s)]["tput"] for s in SIZES},
+                   zmq={s: res[("pyzmq PUSH/PULL ipc://", s)]["tput"] for s in SIZES})
+    print("| issue 5 bar | measured | met |")
+    print("|---|---:|:---:|")
+    for bar, got, ok in met:
+        print(f"| {bar} | {got} | {'yes' if ok else 'no'} |")
     return 0
 
 
