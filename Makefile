@@ -40,6 +40,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m bench.planner
 	$(BIN)/python -m bench.wal
 	$(BIN)/python -m bench.fabric
+	$(BIN)/python -m bench.lanes
 
 clean:
 	rm -rf $(VENV) cue/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
