@@ -73,6 +73,7 @@ class _Out:
     def __init__(self, lane: lanes.OutLane, next_id: int, *, buffer_limit: int) -> None:
         qos = lane.route.qos
         self.lane, self.next_id = lane, next_id
+        self.route_id, self.max_payload = lane.route.route_id, lane.route.max_payload
         self.mode: str = qos["backpressure"]
         burst = max(1.0, qos["throughput_qps"] * qos["latency_budget_ms"] / 1000)
         self.gate = _ring.Gate(float(qos["throughput_qps"]), burst)
@@ -158,6 +159,7 @@ class Publisher:
         self.saddr = saddr
         self.lock = threading.Lock()
         self._routes: dict[tuple[str, str, str], _Out] = {}
+        self._single: _Out | None = None  # the one route, when there is one: send's fast path
         self._buffer_limit, self._block_s = buffer_limit, block_s
         self.generations = 0  # lane sets installed so far
         self._closed = False
@@ -183,6 +185,7 @@ class Publisher:
             for gone in old.values():
                 gone.close()
             self._routes = new
+            self._single = next(iter(new.values())) if len(new) == 1 else None
             self.generations += 1
         return True
 
@@ -192,6 +195,14 @@ class Publisher:
 
     def send(self, payload: bytes) -> int:
         """Offer one frame to every route; returns how many admitted it (sent or buffered)."""
+        with self.lock:
+            out = self._single
+            if (out is not None and not out.backlog and len(payload) <= out.max_payload
+                    and not out.lane.flight.breaker and out.gate.take()):
+                if out.lane.write(out.route_id, out.next_id & 0xFFFFFFFF, payload, 0):
+                    out.next_id += 1
+                    return 1
+                out.gate.refund()  # no room: the policy decides, on the general path
         return self.send_many((payload,))
 
     def send_many(self, payloads: Iterable[bytes]) -> int:
@@ -283,7 +294,7 @@ class Publisher:
             self._closed = True
             for out in self._routes.values():
                 out.close()
-            self._routes = {}
+            self._routes, self._single = {}, None
 
 
 def _settle(admitted: int, problems: list[Backpressure]) -> int:
@@ -370,8 +381,8 @@ class Subscriber:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             with self.lock:
-                if not self._ready:
-                    self._pull(TAKE)
+                if len(self._ready) < limit:
+                    self._pull(max(TAKE, limit - len(self._ready)))
                 if self._ready:
                     return [self._ready.popleft() for _ in range(min(limit, len(self._ready)))]
                 rings, fds = self._wait_args()
