@@ -39,7 +39,10 @@ class Breakers:
 
     def observe(self, route_id: int, now: float, errors: int) -> BreakerState:
         """Record the route's cumulative error count at `now`; return its state after it."""
-        route = self._routes.setdefault(route_id, _Route(since=now, baseline=errors))
+        route = self._routes.get(route_id)
+        if route is None:  # a page starts at zero with its route: count from there
+            route = self._routes[route_id] = _Route(since=now)
+            route.history.append((now, 0))
         window = self.config.window_s
         route.history.append((now, errors))
         while route.history and route.history[0][0] < now - window:

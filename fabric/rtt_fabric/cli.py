@@ -1,4 +1,4 @@
-"""`rtt fabric ...`: serve a node, show its status, verify its WAL.
+"""`rtt fabric ...` (serve a node, show its status, verify its WAL) and `rtt tap`.
 
 The `rtt` dispatcher (rtt_controller.cli) mounts these subcommands; each returns an exit code:
 0 ok, 1 the daemon or the WAL says something is wrong, 2 usage error (e.g. no daemon listening).
@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from rtt_fabric import breaker, daemon, wal
+from rtt_fabric import breaker, daemon, tap, wal
 from rtt_fabric.client import Client, ClientError
 
 DEFAULT_STATE = Path(".rtt/fabric")
@@ -70,6 +70,55 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
     if args.fabric_command == "status":
         return _status(args)
     return _verify(args)
+
+
+def register_tap(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flight", type=_duration, required=True, metavar="DURATION",
+                        help="how long to tap, e.g. 5s: per-route windows as NDJSON")
+    parser.add_argument("--interval", type=_duration, default=1.0, metavar="DURATION",
+                        help="one window per route per interval (default 1s)")
+    parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
+    parser.add_argument("--format", choices=("ndjson", "text"), default="ndjson")
+
+
+def run_tap(args: argparse.Namespace) -> int:
+    out: tap.Sink = _TextLines(sys.stdout) if args.format == "text" else sys.stdout
+    try:
+        tap.run(args.socket, total_s=args.flight, interval_s=min(args.interval, args.flight),
+                out=out)
+    except (OSError, ConnectionError) as exc:
+        print(f"rtt tap: no daemon at {args.socket} ({exc})", file=sys.stderr)
+        return 2
+    except ClientError as exc:
+        print(f"rtt tap: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _TextLines:
+    """Renders the tap's NDJSON lines as one readable line each."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+
+    def write(self, text: str) -> None:
+        for raw in text.splitlines():
+            w = orjson.loads(raw)
+            us = "/".join("-" if w[q] is None else f"{w[q]:g}" for q in ("p50", "p95", "p99"))
+            self._out.write(f"{w['ts']} #{w['route_id']} {w['from']} -> {w['to']} [{w['lane']}] "
+                            f"frames {w['frames']} p50/p95/p99 {us} µs qdepth {w['qdepth']} "
+                            f"drops {w['drops']} breaker {w['breaker_state']} "
+                            f"syscalls {w['syscalls_delta']}\n")
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+def _duration(text: str) -> float:
+    try:
+        return tap.duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _address(text: str) -> tuple[str, int]:

@@ -152,6 +152,8 @@ class Daemon:
             tasks.append(asyncio.create_task(datalink.serve(
                 listener, self._cluster_key, self._on_tcp_lane, self.say)))
             self.say(f"data listener on {self.data_address[0]}:{self.data_address[1]}")
+        for task in tasks:
+            task.add_done_callback(self._task_died)
         self.say(f"serving on {self.config.socket}")
         try:
             await stop.wait()
@@ -161,6 +163,14 @@ class Daemon:
             server.close()
             await server.wait_closed()
             self.close()
+
+    def _task_died(self, task: asyncio.Task[None]) -> None:
+        """A background loop must run for the daemon's life: if one fails, say so and stop,
+        rather than serve on without in-doubt resolution, tcp lanes or breakers."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self.say(f"internal error in {task.get_coro().__qualname__}: {task.exception()!r}")
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _listen(self) -> socket.socket:
         path = self.config.socket

@@ -304,6 +304,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "keys": (signatures.register_keys, signatures.keys_command),
     "verify": (signatures.register_verify, verify),
     "fabric": (_register_fabric, fabric),
+    "tap": (fabric_cli.register_tap, fabric_cli.run_tap),
 }
 ONE_SHOT = frozenset({"validate", "plan", "show", "diff", "keys", "verify"})  # run once and exit
 HELP = {
@@ -314,4 +315,5 @@ HELP = {
     "keys": "make ed25519 signing keys (generate)",
     "verify": "check a plan's signatures against the trust policy",
     "fabric": "run and inspect a fabric node (serve, status, wal verify)",
+    "tap": "per-route flight windows from a running node (--flight 5s), as NDJSON",
 }
