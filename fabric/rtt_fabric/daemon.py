@@ -144,13 +144,14 @@ class Daemon:
             loop.add_signal_handler(sig, stop.set)
         server = await asyncio.start_unix_server(self._client, sock=self._listen())
         self._dial_wake = asyncio.Event()
-        tasks = [asyncio.create_task(self._resolve_in_doubt()),
-                 asyncio.create_task(self._dialer()), asyncio.create_task(self._watch_flight())]
+        tasks = [asyncio.create_task(self._resolve_in_doubt(), name="in-doubt resolver"),
+                 asyncio.create_task(self._dialer(), name="tcp dialer"),
+                 asyncio.create_task(self._watch_flight(), name="breaker watch")]
         if self.config.data_listen is not None:
             listener = datalink.listen(self.config.data_listen)
             self.data_address = listener.getsockname()[:2]
             tasks.append(asyncio.create_task(datalink.serve(
-                listener, self._cluster_key, self._on_tcp_lane, self.say)))
+                listener, self._cluster_key, self._on_tcp_lane, self.say), name="data listener"))
             self.say(f"data listener on {self.data_address[0]}:{self.data_address[1]}")
         for task in tasks:
             task.add_done_callback(self._task_died)
@@ -169,7 +170,7 @@ class Daemon:
         rather than serve on without in-doubt resolution, tcp lanes or breakers."""
         if task.cancelled() or task.exception() is None:
             return
-        self.say(f"internal error in {task.get_coro().__qualname__}: {task.exception()!r}")
+        self.say(f"internal error in {task.get_name()}: {task.exception()!r}")
         os.kill(os.getpid(), signal.SIGTERM)
 
     def _listen(self) -> socket.socket:
