@@ -151,7 +151,7 @@ class Daemon:
             listener = datalink.listen(self.config.data_listen)
             self.data_address = listener.getsockname()[:2]
             tasks.append(asyncio.create_task(datalink.serve(
-                listener, self._cluster_key, self._on_tcp_lane, self.say), name="data listener"))
+                listener, self._cluster_key, self, self.say), name="data listener"))
             self.say(f"data listener on {self.data_address[0]}:{self.data_address[1]}")
         for task in tasks:
             task.add_done_callback(self._task_died)
@@ -401,11 +401,13 @@ class Daemon:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    def _on_tcp_lane(self, key: graph.LinkKey, fd: int) -> None:
-        try:
-            self._push(self.plane.tcp_accepted(key, fd))
-        except dataplane.Refused as exc:
-            self.say(f"data listener: {exc}")
+    def accepts(self, key: graph.LinkKey) -> bool:
+        """The data listener's question: does a tcp route `key` end on this node?"""
+        return self.plane.receives(key)
+
+    def take(self, key: graph.LinkKey, fd: int) -> None:
+        """A sending node's connection for `key`, checked and acknowledged."""
+        self._push(self.plane.tcp_accepted(key, fd))
 
     async def _watch_flight(self) -> None:
         """Feed every route's error count to its breaker; publish state changes on the page."""

@@ -8,9 +8,11 @@ step aside: frames go service to service.
 Hello: a 4-byte big-endian length, then JSON `{"route": [from, to, class], "generation": n,
 "ts": unix seconds, "mac": hex}`. `mac` is HMAC-SHA256 under the cluster key of the canonical
 JSON of the other fields. The receiver refuses a bad mac or a `ts` more than `MAX_SKEW_S` away,
-so a local process that can reach the port cannot splice itself into a route. Nodes share the
-key file given by `--cluster-key`; without one a daemon makes a random key, which serves tcp
-routes within that node only.
+so a local process that can reach the port cannot splice itself into a route. A receiver that
+has the route committed answers one byte, `ACK`, and only then does the sender hand the socket
+to its publisher; otherwise it closes, and the sender retries (the receiving node may commit the
+route a moment later than the sending one). Nodes share the key file given by `--cluster-key`;
+without one a daemon makes a random key, which serves tcp routes within that node only.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from rtt_fabric import canonical
 
 HELLO = struct.Struct(">I")
+ACK = b"\x01"
 MAX_HELLO = 4096
 MAX_SKEW_S = 60.0
 Address = tuple[str, int]
@@ -73,33 +76,40 @@ def check_hello(key: bytes, data: bytes) -> tuple[str, str, str]:
 
 
 async def dial(address: Address, greeting: bytes, *, timeout_s: float = 5.0) -> int:
-    """Connect, send the hello, and return the socket's fd (the caller owns it)."""
+    """Connect, send the hello, wait for the receiver's ACK, and return the socket's fd (the
+    caller owns it). Raises ConnectionError when the receiver refuses."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, address), timeout_s)
         await asyncio.wait_for(loop.sock_sendall(sock, greeting), timeout_s)
+        if await asyncio.wait_for(loop.sock_recv(sock, 1), timeout_s) != ACK:
+            raise ConnectionError("the receiving node refused the route")
         return sock.detach()
     finally:
         sock.close()
 
 
-async def serve(listener: socket.socket, key: bytes,
-                on_route: Callable[[tuple[str, str, str], int], None],
+class Receiver(Protocol):
+    def accepts(self, route: tuple[str, str, str]) -> bool: ...
+    def take(self, route: tuple[str, str, str], fd: int) -> None: ...
+
+
+async def serve(listener: socket.socket, key: bytes, receiver: Receiver,
                 say: Callable[[str], None]) -> None:
-    """Accept connections for ever; each hello that checks out hands its socket to `on_route`."""
+    """Accept connections for ever; each hello that checks out, for a route the receiver
+    accepts, is acknowledged and its socket handed to `receiver.take`."""
     loop = asyncio.get_running_loop()
     greeting: set[asyncio.Task[None]] = set()  # strong references while each hello is read
     while True:
         conn, peer = await loop.sock_accept(listener)
-        task = asyncio.create_task(_greet(conn, peer, key, on_route, say))
+        task = asyncio.create_task(_greet(conn, peer, key, receiver, say))
         greeting.add(task)
         task.add_done_callback(greeting.discard)
 
 
-async def _greet(conn: socket.socket, peer: Any, key: bytes,
-                 on_route: Callable[[tuple[str, str, str], int], None],
+async def _greet(conn: socket.socket, peer: Any, key: bytes, receiver: Receiver,
                  say: Callable[[str], None]) -> None:
     loop = asyncio.get_running_loop()
     try:
@@ -112,7 +122,13 @@ async def _greet(conn: socket.socket, peer: Any, key: bytes,
         say(f"data listener: refused {peer}: {exc}")
         conn.close()
         return
-    on_route(route, conn.detach())
+    # No await from here on: the route cannot change between the check and the hand-over.
+    if not receiver.accepts(route):
+        say(f"data listener: no tcp route {route} ends here yet; the sender will retry")
+        conn.close()
+        return
+    conn.send(ACK)  # one byte into an empty socket: it cannot block
+    receiver.take(route, conn.detach())
 
 
 async def _exactly(loop: asyncio.AbstractEventLoop, conn: socket.socket, size: int) -> bytes:

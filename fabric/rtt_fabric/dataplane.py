@@ -184,12 +184,14 @@ class DataPlane:
         route.tx.pub_fd = fd
         return self._pushes({(key[0], "pub")})
 
-    def tcp_accepted(self, key: graph.LinkKey, fd: int) -> list[Push]:
-        """A sending node connected for `key`: the new receiving generation of that route."""
+    def receives(self, key: graph.LinkKey) -> bool:
         route = self.routes.get(key)
-        if route is None or route.link.lane != "tcp" or route.link.to_node != self.node:
-            os.close(fd)
-            raise Refused("unknown-route", f"no tcp route {key} ends on node {self.node}")
+        return route is not None and route.link.lane == "tcp" and route.link.to_node == self.node
+
+    def tcp_accepted(self, key: graph.LinkKey, fd: int) -> list[Push]:
+        """A sending node connected for `key` (`receives(key)` holds): the route's new
+        receiving generation."""
+        route = self.routes[key]
         old = route.rx
         route.rx = Generation(self._next_gen, "tcp", sub_fd=fd)
         self._next_gen += 1
