@@ -9,8 +9,9 @@ reads the control socket: replies to this process's requests, and the lane sets 
 pushes at each COMMIT, which it installs into the publisher and subscriber handles (with the
 descriptors that came with them over SCM_RIGHTS). Frames never cross the control socket. When
 the connection closes, or the process dies, the daemon reclaims every lane it held. Losing the
-daemon does not stop lanes already installed; only rewiring waits for it. docs/sdk.md has a
-runnable example.
+daemon does not stop lanes already installed, but the session is over (`alive` turns false,
+`error` says why): no lane set arrives on it again, and the service reconnects to be rewired.
+docs/sdk.md has a runnable example.
 """
 
 from __future__ import annotations
@@ -156,6 +157,12 @@ class Connection:
         self._sock.close()
         self._handles.clear()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the session with the daemon is up. Lanes already installed keep carrying
+        frames without it; no new lane set arrives until the service connects again."""
+        return self._thread.is_alive() and not self._closed
+
     def __enter__(self) -> Connection:
         return self
 
@@ -178,6 +185,8 @@ class Connection:
                         got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
                         fds.extend(got)
                 if not data:
+                    if not self._closed:
+                        self.error = ConnectionError("the daemon closed the connection")
                     return
                 buf += data
                 self._parse(buf, fds)

@@ -157,3 +157,22 @@ def test_asyncio_ends_send_and_receive_without_blocking_the_loop(daemon: Daemon)
             return got
 
     assert asyncio.run(main()) == [i.to_bytes(2, "little") for i in range(50)]
+
+
+def test_a_lost_daemon_ends_the_session_but_not_the_lanes(daemon: Daemon) -> None:
+    src = "rtt://solo/out/x"
+    register(daemon, "solo", src)
+    register(daemon, "hub", SINK)
+    commit(daemon, "solo", [{"op": "add", "link": link(src, SINK, qps=1_000_000)}])
+    with rtt_fabric.connect(daemon.socket, service="solo", symbols=[symbol(src)]) as out, \
+            rtt_fabric.connect(daemon.socket, service="hub", symbols=[symbol(SINK)]) as into:
+        pub, sub = out.publisher(src), into.subscriber(SINK)
+        wait_routed(pub)
+        daemon.kill()
+        deadline = time.monotonic() + 5
+        while out.alive or into.alive:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert isinstance(out.error, ConnectionError)
+        assert pub.send(b"still here") == 1  # the ring is between the services, not the daemon
+        assert sub.recv(timeout_s=2).payload == b"still here"  # type: ignore[union-attr]
