@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from rtt_fabric import endpoints, sdk
+import rtt_fabric
 
 METRICS_OUT = "rtt://metrics/out/cpu"  # the metrics service's symbol: it sends from here
 DASHBOARD_IN = "rtt://dashboard/in/cpu"  # the dashboard's symbol: it receives here
@@ -43,13 +43,13 @@ def sample(seq: int) -> bytes:
 
 
 def connect(socket_path: str, *, service: str, saddr: str,
-            timeout_s: float) -> sdk.Connection:
-    """`sdk.connect`, retried while the daemon is not listening yet (it may be starting
+            timeout_s: float) -> rtt_fabric.Connection:
+    """`rtt_fabric.connect`, retried while the daemon is not listening yet (it may be starting
     alongside this service)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return sdk.connect(socket_path, service=service, symbols=manifest(saddr))
+            return rtt_fabric.connect(socket_path, service=service, symbols=manifest(saddr))
         except (FileNotFoundError, ConnectionRefusedError):
             if time.monotonic() > deadline:
                 raise
@@ -82,19 +82,19 @@ def run_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-def collect(sub: endpoints.Subscriber, count: int, timeout_s: float) -> list[endpoints.Frame]:
+def collect(sub: rtt_fabric.Subscriber, count: int, timeout_s: float) -> list[rtt_fabric.Frame]:
     """Up to `count` frames, blocking in `drain` (spin, then sleep on the doorbell)."""
-    frames: list[endpoints.Frame] = []
+    frames: list[rtt_fabric.Frame] = []
     deadline = time.monotonic() + timeout_s
     while len(frames) < count and (left := deadline - time.monotonic()) > 0:
         frames += sub.drain(count - len(frames), timeout_s=left)
     return frames
 
 
-async def collect_async(sub: endpoints.Subscriber, count: int,
-                        timeout_s: float) -> list[endpoints.Frame]:
+async def collect_async(sub: rtt_fabric.Subscriber, count: int,
+                        timeout_s: float) -> list[rtt_fabric.Frame]:
     """The same with `recv_async`, which sleeps in the event loop instead of the thread."""
-    frames: list[endpoints.Frame] = []
+    frames: list[rtt_fabric.Frame] = []
 
     async def receive() -> None:
         while len(frames) < count:
@@ -105,7 +105,7 @@ async def collect_async(sub: endpoints.Subscriber, count: int,
     return frames
 
 
-def verdict(frames: list[endpoints.Frame], count: int) -> list[str]:
+def verdict(frames: list[rtt_fabric.Frame], count: int) -> list[str]:
     """What is wrong with the frames received, for a dashboard that expected `count`."""
     problems = [] if len(frames) == count else [f"received {len(frames)} of {count} samples"]
     for i, frame in enumerate(frames):
