@@ -13,7 +13,7 @@ Two forked processes, pinned to different cores when there are two or more, exch
 - shm busy-poll: rtt_fabric.ring, consumer spinning. "single" is one `push` / one `pop` per
   message; "batch" is `send_many` of 64 KiB worth of frames (1024 x 64 B, 16 x 4 KiB) and
   `drain` of four such batches, labelled separately.
-- shm doorbell: the default wait policy (spin ~5 µs, then block on the eventfd), one message
+- shm doorbell: the default wait policy (spin 50 µs, then block on the eventfd), one message
   per call. Also the consumer's CPU time while idle for 1 s.
 - multiprocessing.Queue (put/get), an AF_UNIX socketpair with a u32 length prefix (one sendall
   per message; the reader parses a 256 KiB buffer), and pyzmq PUSH/PULL over ipc://.
@@ -86,7 +86,7 @@ BUSY, BELL = ring.WaitPolicy(busy_poll=True), ring.WaitPolicy()
 
 def _wait(r: _ring.Ring, policy: ring.WaitPolicy) -> None:
     """What ring.recv does between empty polls: spin with `pause`, then maybe sleep."""
-    r.wait(policy.spin, 0 if policy.busy_poll else policy.backstop_ms)
+    r.wait(policy.spin_ns, 0 if policy.busy_poll else policy.backstop_ms)
 
 
 def _shm_recv(end: ring.RingMap, count: int, timed: bool,

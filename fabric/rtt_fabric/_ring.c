@@ -35,6 +35,7 @@
 #define CONTROL_SIZE 256u
 #define FRAME_MAGIC 0x46545452u /* "RTTF" little-endian */
 #define FRAME_HEADER 32u        /* 24-byte DESIGN.md header + u64 enqueue timestamp */
+#define SPIN_BATCH 32           /* polls between clock reads while spinning */
 #define FLAG_TIMESTAMP 0x0001u
 #define FLAG_MARK 0x0002u       /* admitted over the route's rate under the `mark` policy */
 #define FLAG_MASK 0x0002u       /* flags a sender may set */
@@ -697,21 +698,24 @@ static PyObject *ring_drain_flagged(Ring *self, PyObject *arg) {
 
 static PyObject *ring_wait(Ring *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "wait(spin, timeout_ms)");
+        PyErr_SetString(PyExc_TypeError, "wait(spin_ns, timeout_ms)");
         return NULL;
     }
-    long spin = PyLong_AsLong(args[0]);
+    long long spin_ns = PyLong_AsLongLong(args[0]);
     int timeout_ms = (int)PyLong_AsLong(args[1]);
     if (PyErr_Occurred() || ring_check(self) < 0) {
         return NULL;
     }
     uint64_t t = atomic_load_explicit(self->tail, memory_order_relaxed);
-    for (long i = 0; i <= spin; i++) {
-        if (readable(self, t)) {
-            Py_RETURN_TRUE;
+    uint64_t until = monotonic_ns() + (uint64_t)(spin_ns > 0 ? spin_ns : 0);
+    do {
+        for (int i = 0; i < SPIN_BATCH; i++) {
+            if (readable(self, t)) {
+                Py_RETURN_TRUE;
+            }
+            CPU_RELAX();
         }
-        CPU_RELAX();
-    }
+    } while (monotonic_ns() < until);
     if (self->doorbell < 0 || timeout_ms == 0) {
         Py_RETURN_FALSE;
     }
@@ -852,11 +856,11 @@ static PyTypeObject RingType = {
  * last look (the same Dekker handshake as Ring.wait). True when something may be ready. */
 static PyObject *mod_wait_any(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "wait_any(rings, doorbell, fds, spin, timeout_ms)");
+        PyErr_SetString(PyExc_TypeError, "wait_any(rings, doorbell, fds, spin_ns, timeout_ms)");
         return NULL;
     }
     int bell = (int)PyLong_AsLong(args[1]);
-    long spin = PyLong_AsLong(args[3]);
+    long long spin_ns = PyLong_AsLongLong(args[3]);
     int timeout_ms = (int)PyLong_AsLong(args[4]);
     if (PyErr_Occurred()) {
         return NULL;
@@ -894,13 +898,16 @@ static PyObject *mod_wait_any(PyObject *m, PyObject *const *args, Py_ssize_t nar
             goto out;
         }
     }
-    for (long k = 0; k <= spin && !ready; k++) {
-        for (Py_ssize_t i = 0; i < nr && !ready; i++) {
-            Ring *r = (Ring *)rs[i];
-            ready = readable(r, atomic_load_explicit(r->tail, memory_order_relaxed)) > 0;
+    uint64_t until = monotonic_ns() + (uint64_t)(spin_ns > 0 ? spin_ns : 0);
+    do {
+        for (int k = 0; k < SPIN_BATCH && !ready; k++) {
+            for (Py_ssize_t i = 0; i < nr && !ready; i++) {
+                Ring *r = (Ring *)rs[i];
+                ready = readable(r, atomic_load_explicit(r->tail, memory_order_relaxed)) > 0;
+            }
+            CPU_RELAX();
         }
-        CPU_RELAX();
-    }
+    } while (!ready && nr > 0 && monotonic_ns() < until);
     if (ready || timeout_ms == 0 || (bell < 0 && nf == 0)) {
         goto done;
     }
@@ -1492,7 +1499,7 @@ static PyMethodDef mod_methods[] = {
     {"arm", mod_arm, METH_O, "arm(rings): raise the waiting flags; True if a frame is ready."},
     {"disarm", mod_disarm, METH_O, "disarm(rings): lower the waiting flags."},
     {"wait_any", (PyCFunction)(void (*)(void))mod_wait_any, METH_FASTCALL,
-     "wait_any(rings, doorbell, fds, spin, timeout_ms): wait for any inbound lane."},
+     "wait_any(rings, doorbell, fds, spin_ns, timeout_ms): wait for any inbound lane."},
     {"crc32c", mod_crc32c, METH_VARARGS, "crc32c(data, value=0) with the fastest path available."},
     {"crc32c_sw", mod_crc32c_sw, METH_VARARGS, "crc32c(data, value=0), table-driven software."},
     {"crc32c_hw", mod_crc32c_hw, METH_VARARGS, "crc32c(data, value=0), SSE4.2; RuntimeError without it."},

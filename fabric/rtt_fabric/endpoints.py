@@ -392,7 +392,7 @@ class Subscriber:
             ms = self.wait.backstop_ms if left is None else min(self.wait.backstop_ms,
                                                                  math.ceil(left * 1000))
             _ring.wait_any(rings, -1 if self.wait.busy_poll else self.bell, fds,
-                           self.wait.spin, 0 if self.wait.busy_poll else ms)
+                           self.wait.spin_ns, 0 if self.wait.busy_poll else ms)
 
     async def recv_async(self) -> Frame:
         """The next frame, sleeping in the event loop (a reader on the doorbell and sockets)."""

@@ -42,14 +42,21 @@ crc32c = _ring.crc32c
 class WaitPolicy:
     """How a consumer waits for the next frame.
 
-    The default spins `spin` polls (about 25 ns each, so ~5 µs) and then sleeps on the eventfd
-    doorbell; `backstop_ms` bounds each sleep so that a lost wake-up costs a delay, never a hang.
-    `busy_poll` never sleeps: lowest latency, one core burned.
+    The default spins for `spin_us` microseconds, polling the ring with `pause` between polls,
+    and then sleeps on the eventfd doorbell; `backstop_ms` bounds each sleep so that a lost
+    wake-up costs a delay, never a hang. A frame that arrives within the spin is taken with no
+    syscall and no wake-up (a sleeping consumer's wake-up costs tens of µs on a busy machine),
+    and an idle consumer spends `spin_us` per `backstop_ms` awake. `busy_poll` never sleeps:
+    lowest latency, one core burned.
     """
 
-    spin: int = 200
+    spin_us: float = 50.0
     backstop_ms: int = 100
     busy_poll: bool = False
+
+    @property
+    def spin_ns(self) -> int:
+        return int(self.spin_us * 1000)
 
 
 @dataclasses.dataclass
@@ -166,9 +173,9 @@ def recv(end: RingMap, policy: WaitPolicy, *,
         if deadline is not None and time.monotonic() >= deadline:
             return None
         if policy.busy_poll:
-            ring.wait(policy.spin, 0)
+            ring.wait(policy.spin_ns, 0)
         else:
-            ring.wait(policy.spin, _sleep_ms(policy.backstop_ms, deadline))
+            ring.wait(policy.spin_ns, _sleep_ms(policy.backstop_ms, deadline))
 
 
 def _sleep_ms(backstop_ms: int, deadline: float | None) -> int:

@@ -31,7 +31,7 @@ FLIPS = 1000
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("lane", ["shm", "uds"])
+@pytest.mark.parametrize("lane", ["shm", "uds", "tcp"])
 def test_a_thousand_epoch_flips_lose_and_repeat_no_frame_on_a_route_that_stays(
         daemon: Daemon, tmp_path: Path, lane: str) -> None:
     register(daemon, "sender", MAIN, AUX)

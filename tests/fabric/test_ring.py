@@ -192,7 +192,7 @@ def test_a_million_frames_cross_processes_in_order():
             while expected < count and time.monotonic() < deadline:
                 batch = r.drain(4096)
                 if not batch:
-                    r.wait(policy.spin, policy.backstop_ms)
+                    r.wait(policy.spin_ns, policy.backstop_ms)
                 for route, frame, body in batch:
                     assert (route, frame) == (5, expected)
                     assert body == frame.to_bytes(4, "little") * (1 + frame % 7)
@@ -213,7 +213,7 @@ def test_doorbell_wakes_a_blocked_consumer_without_burning_cpu():
             for frame in range(3):
                 cpu0, t0 = time.process_time(), time.monotonic()
                 sock.sendall(b"n")
-                got = ring.recv(handle, ring.WaitPolicy(spin=100, backstop_ms=5000), timeout_s=5)
+                got = ring.recv(handle, ring.WaitPolicy(spin_us=5, backstop_ms=5000), timeout_s=5)
                 waited = time.monotonic() - t0
                 assert got == (5, frame, b"ding")
                 assert delay * 0.9 < waited < 1.0  # woken by the doorbell, not the 5 s backstop
@@ -245,7 +245,7 @@ def test_a_second_handle_with_stale_caches_stays_correct(end):
 
 
 def test_recv_policies_return_frames_time_out_and_raise_on_corruption(end):
-    for policy in (ring.WaitPolicy(busy_poll=True), ring.WaitPolicy(spin=10, backstop_ms=5)):
+    for policy in (ring.WaitPolicy(busy_poll=True), ring.WaitPolicy(spin_us=1, backstop_ms=5)):
         t0 = time.monotonic()
         assert ring.recv(end, policy, timeout_s=0.02) is None
         assert 0.02 <= time.monotonic() - t0 < 1.0
