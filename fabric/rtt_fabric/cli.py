@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from rtt_fabric import breaker, daemon, tap, wal
+from rtt_fabric import breaker, daemon, tap, trust, wal
 from rtt_fabric.client import Client, ClientError
 
 DEFAULT_STATE = Path(".rtt/fabric")
@@ -48,6 +48,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     serve_p.add_argument("--breaker-errors", type=int, default=100,
                          help="errors within the window that open a route's breaker")
     serve_p.add_argument("--breaker-window", type=float, default=10.0, metavar="SECONDS")
+    serve_p.add_argument("--strict", action="store_true",
+                         help="enforce the trust policy: signed plans, signed manifests, "
+                              "capability tokens (needs --trust)")
+    serve_p.add_argument("--trust", type=Path, metavar="FILE",
+                         help="the trust policy for --strict: YAML or JSON, the `trust:` "
+                              "section of policies/")
     status_p = sub.add_parser("status", help="the observed graph and its hash")
     status_p.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
     status_p.add_argument("--format", choices=("text", "json"), default="text")
@@ -60,13 +66,21 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> int:
     if args.fabric_command == "serve":
+        if args.strict != (args.trust is not None):
+            print("rtt fabric serve: --strict and --trust FILE go together", file=sys.stderr)
+            return 2
+        try:
+            policy = trust.load_policy(args.trust) if args.trust is not None else None
+        except trust.PolicyError as exc:
+            print(f"rtt fabric serve: {exc}", file=sys.stderr)
+            return 2
         return daemon.serve(daemon.Config(
             state=args.state, socket=args.socket, node=args.node, shm_bytes=args.shm_mb << 20,
             coordinator=args.coordinator, allowed_uids=frozenset(args.allow_uid),
             checkpoint_every=args.checkpoint_every, in_doubt_after_s=args.in_doubt_after,
             data_listen=args.data_listen, peers=dict(args.peer), cluster_key=args.cluster_key,
-            breakers=breaker.Config(errors=args.breaker_errors, window_s=args.breaker_window)),
-            environ)
+            breakers=breaker.Config(errors=args.breaker_errors, window_s=args.breaker_window),
+            trust_policy=policy), environ)
     if args.fabric_command == "status":
         return _status(args)
     return _verify(args)

@@ -36,9 +36,13 @@ from rtt_fabric import (
     dataplane,
     flight,
     graph,
+    manifests,
     participant,
     protocol,
     steps,
+    strict,
+    tokens,
+    trust,
     wal,
 )
 from rtt_fabric.client import Client, ClientError
@@ -63,6 +67,7 @@ class Config:
     cluster_key: Path | None = None
     breakers: breaker.Config = dataclasses.field(default_factory=breaker.Config)
     flight_every_s: float = 0.1  # how often the breakers read the flight pages
+    trust_policy: trust.TrustPolicy | None = None  # strict mode (--strict --trust FILE) when set
 
 
 class StartupError(Exception):
@@ -96,6 +101,8 @@ class Daemon:
         self._dialing: set[asyncio.Task[None]] = set()
         self._cluster_key = b""
         self.data_address: datalink.Address | None = None
+        policy = config.trust_policy
+        self._gate = strict.Gate(policy, node=config.node) if policy is not None else None
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -221,7 +228,7 @@ class Daemon:
                     session.put(protocol.frame(protocol.error(None, exc.code, str(exc))))
                     return  # a bad length leaves the stream unframed: close it
                 reply = self.respond(body, session)
-                session.put(_frame_reply(reply.message), reply.fds, reply.close_after)
+                session.put(_frame_reply(reply.message), reply.fds)
         except (ConnectionError, OSError):
             return
         finally:
@@ -265,9 +272,16 @@ class Daemon:
 
     def _on_session(self, request: Any, session: Session | None) -> dataplane.Push:
         """The requests that bind to the connection: register names the service it speaks for;
-        attach and detach take and give back the ends of that service's symbols."""
+        attach and detach take and give back the ends of that service's symbols. In strict
+        mode the manifest and the capability token are checked first (rtt_fabric.strict)."""
         if request.op == "register":
-            self._part().register(request.service, [s.model_dump() for s in request.symbols])
+            symbols = [s.model_dump() for s in request.symbols]
+            if self._gate is not None:
+                try:
+                    self._gate.register(request.service, symbols, request.signature)
+                except manifests.Refused as exc:
+                    raise participant.Refused(exc.code, str(exc)) from None
+            self._part().register(request.service, symbols)
             if session is not None:
                 session.services.add(request.service)
             reply = self._logged({"registered": len(request.symbols)})
@@ -279,10 +293,19 @@ class Daemon:
                              "connection")
         if request.op == "detach":
             self._push(self.plane.detach(session, request.saddr, request.role))
+            if self._gate is not None:
+                self._gate.detach(request.saddr, request.role)
             return dataplane.Push(session, protocol.ok(request.id))
+        if self._gate is not None:
+            try:
+                self._gate.attach(session, request.saddr, request.role, request.token,
+                                  routes=[r.link for r in self.plane.routes.values()],
+                                  attached=self.plane.endpoints)
+            except tokens.Refused as exc:
+                raise participant.Refused(exc.refusal.value, str(exc)) from None
         lanes = self.plane.attach(session, request.saddr, request.role)
         return dataplane.Push(session, {**lanes.message, **protocol.ok(request.id)},
-                              lanes.fds, lanes.close_after)
+                              lanes.fds)
 
     def _on_unregister(self, request: protocol.Unregister) -> dict[str, Any]:
         self._part().unregister(request.service)
@@ -291,7 +314,14 @@ class Daemon:
     def _on_prepare(self, request: protocol.Prepare) -> dict[str, Any]:
         batch = [steps.Step(steps.Op(s.op), s.link.to_link(), s.old.to_link() if s.old else None)
                  for s in request.steps]
-        vote = self._part().prepare(request.txid, request.plan_id, batch)
+        part = self._part()
+        if self._gate is not None and request.txid not in part.prepared:
+            # A txid already prepared was checked then; the participant compares the retry.
+            reason = (self._gate.prepare(request.plan_id, request.plan, batch)
+                      or self._gate.routes(batch, self.plane.endpoints))
+            if reason:
+                return {"vote": "nack", "reason": reason}
+        vote = part.prepare(request.txid, request.plan_id, batch)
         if vote.ack:
             self._prepared_at.setdefault(request.txid, time.monotonic())
         return self._logged({"vote": "ack" if vote.ack else "nack", "reason": vote.reason})
@@ -356,9 +386,9 @@ class Daemon:
     def _push(self, pushes: list[dataplane.Push]) -> None:
         for push in pushes:
             if isinstance(push.session, Session):
-                push.session.put(_frame_reply(push.message), push.fds, push.close_after)
+                push.session.put(_frame_reply(push.message), push.fds)
             else:
-                for fd in push.close_after:
+                for fd in push.fds:
                     os.close(fd)
 
     def _tcp_connect(self, route: dataplane.Route, generation: int) -> None:

@@ -46,12 +46,13 @@ class Refused(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Push:
-    """One control message for a session, with descriptors to pass and ones to close after."""
+    """One control message for a session and the descriptors to pass with it. The push owns
+    them (duplicates, or stream ends handed over): whoever sends it closes them afterwards, so a
+    later rewire that closes the originals cannot touch a message still queued."""
 
     session: Session
     message: dict[str, Any]
     fds: tuple[int, ...] = ()
-    close_after: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(eq=False)
@@ -268,9 +269,8 @@ class DataPlane:
 
     def _lane_set(self, session: Session, saddr: str, role: str) -> Push:
         """The endpoint's whole lane set. Descriptors go only with generations the session does
-        not hold yet; stream ends are handed off (the daemon closes its copy once sent)."""
+        not hold yet; stream ends are handed off, never kept."""
         fds: list[int] = []
-        close_after: list[int] = []
         lanes = []
         for route in self._routes_of(saddr, role):
             gen = route.tx if role == "pub" else route.rx
@@ -288,31 +288,29 @@ class DataPlane:
             if gen is not None and ready:
                 entry["generation"] = gen.number
                 if route.delivered.get(role) != gen.number:
-                    entry["fds"] = self._hand(route, gen, role, fds, close_after)
+                    entry["fds"] = self._hand(route, gen, role, fds)
                     route.delivered[role] = gen.number
             lanes.append(entry)
         message: dict[str, Any] = {"id": None, "event": "lanes", "saddr": saddr, "role": role,
                                    "lanes": lanes, "nfds": 0}
         if role == "sub":
             message["bell"] = len(fds)
-            fds.append(self._bell(saddr))
+            fds.append(os.dup(self._bell(saddr)))
         message["nfds"] = len(fds)
-        return Push(session, message, tuple(fds), tuple(close_after))
+        return Push(session, message, tuple(fds))
 
-    def _hand(self, route: Route, gen: Generation, role: str, fds: list[int],
-              close_after: list[int]) -> dict[str, int]:
+    def _hand(self, route: Route, gen: Generation, role: str, fds: list[int]) -> dict[str, int]:
         out = {"flight": len(fds)}
-        fds.append(route.flight_fd)
+        fds.append(os.dup(route.flight_fd))
         if gen.ring is not None:
             out["ring"] = len(fds)
-            fds.append(gen.ring.fd)
+            fds.append(os.dup(gen.ring.fd))
             out["bell"] = len(fds)
-            fds.append(self._bell(route.key[1]))
+            fds.append(os.dup(self._bell(route.key[1])))
             return out
         fd = gen.pub_fd if role == "pub" else gen.sub_fd
         out["sock"] = len(fds)
-        fds.append(fd)
-        close_after.append(fd)
+        fds.append(fd)  # handed over: the push owns it now
         if role == "pub":
             gen.pub_fd = -1
         else:

@@ -96,10 +96,44 @@ class StepWire(pydantic.BaseModel):
         return self
 
 
+class SignatureWire(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    keyid: Annotated[str, pydantic.StringConstraints(max_length=128)]
+    sig: Annotated[str, pydantic.StringConstraints(max_length=256)]
+
+
+class EnvelopeWire(pydantic.BaseModel):
+    """An ed25519 DSSE envelope (payload and signature base64), as `rtt keys` writes one: a
+    signed manifest on REGISTER, a capability token on ATTACH (docs/signing.md)."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    payload_type: Annotated[str, pydantic.StringConstraints(max_length=128)] = pydantic.Field(
+        alias="payloadType")
+    payload: Annotated[str, pydantic.StringConstraints(max_length=1 << 20)]
+    signatures: Annotated[tuple[SignatureWire, ...], pydantic.Field(min_length=1, max_length=4)]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+class SignedPlan(pydantic.BaseModel):
+    """What a strict node needs to bind a PREPARE to a signed plan: the plan's signature file
+    (a DSSE envelope or a sigstore bundle) and the plan's content and provenance."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    signature: dict[str, Any]
+    content: dict[str, Any]
+    provenance: dict[str, Any] | None = None
+
+
 class Register(_Message):
     op: Literal["register"]
     service: _Name
     symbols: Annotated[tuple[SymbolDecl, ...], pydantic.Field(min_length=1, max_length=4096)]
+    signature: EnvelopeWire | None = None  # the signed manifest; a strict node may require it
 
 
 class Unregister(_Message):
@@ -112,6 +146,7 @@ class Prepare(_Message):
     txid: _TxId
     plan_id: Annotated[str, pydantic.StringConstraints(pattern=r"^sha256-[0-9a-f]{64}$")]
     steps: Annotated[tuple[StepWire, ...], pydantic.Field(min_length=1, max_length=100_000)]
+    plan: SignedPlan | None = None  # a strict node needs it unless it holds this plan already
 
 
 class Commit(_Message):
@@ -152,6 +187,7 @@ class Attach(_Message):
     op: Literal["attach"]
     saddr: _Saddr
     role: Literal["pub", "sub"]
+    token: EnvelopeWire | None = None  # the capability token a strict node requires
 
 
 class Detach(_Message):

@@ -55,11 +55,12 @@ class _Slot:
 
 
 def connect(path: str | Path, *, service: str, symbols: Sequence[Mapping[str, Any]],
-            timeout_s: float = 10.0) -> Connection:
-    """Open a session with the node daemon at `path` and register `service`'s manifest."""
+            signature: Mapping[str, Any] | None = None, timeout_s: float = 10.0) -> Connection:
+    """Open a session with the node daemon at `path` and register `service`'s manifest
+    (`signature`: its signed envelope, which a strict node may require)."""
     conn = Connection(path, timeout_s=timeout_s)
     try:
-        conn.register(service, symbols)
+        conn.register(service, symbols, signature=signature)
     except BaseException:
         conn.close()
         raise
@@ -107,28 +108,37 @@ class Connection:
             raise ConnectError(str(err.get("code", "error")), str(err.get("message", "")))
         return reply
 
-    def register(self, service: str, symbols: Sequence[Mapping[str, Any]]) -> None:
+    def register(self, service: str, symbols: Sequence[Mapping[str, Any]], *,
+                 signature: Mapping[str, Any] | None = None) -> None:
+        """Register (or re-register) a manifest; `rtt keys sign-manifest` makes `signature`."""
         self.service = service
-        self.call("register", service=service, symbols=[dict(s) for s in symbols])
+        extra = {"signature": dict(signature)} if signature is not None else {}
+        self.call("register", service=service, symbols=[dict(s) for s in symbols], **extra)
 
-    def publisher(self, saddr: str, *, buffer_limit: int = 4096,
-                  block_s: float = 5.0) -> endpoints.Publisher:
-        """The sending end of `saddr`; its lanes follow every COMMIT from now on."""
+    def publisher(self, saddr: str, *, buffer_limit: int = 4096, block_s: float = 5.0,
+                  token: Mapping[str, Any] | None = None) -> endpoints.Publisher:
+        """The sending end of `saddr`; its lanes follow every COMMIT from now on. A strict
+        node wants `token`: a signed capability token (`tx` or `open`) as `rtt keys
+        sign-token` prints it."""
         return self._attach(saddr, "pub",
-                            endpoints.Publisher(saddr, buffer_limit=buffer_limit, block_s=block_s))
+                            endpoints.Publisher(saddr, buffer_limit=buffer_limit, block_s=block_s),
+                            token)
 
-    def subscriber(self, saddr: str, *,
-                   wait: WaitPolicy = endpoints.DEFAULT_WAIT) -> endpoints.Subscriber:
-        """The receiving end of `saddr`: frames from every route into it."""
-        return self._attach(saddr, "sub", endpoints.Subscriber(saddr, wait=wait))
+    def subscriber(self, saddr: str, *, wait: WaitPolicy = endpoints.DEFAULT_WAIT,
+                   token: Mapping[str, Any] | None = None) -> endpoints.Subscriber:
+        """The receiving end of `saddr`: frames from every route into it. A strict node wants
+        `token` (`rx` or `open`), as for `publisher`."""
+        return self._attach(saddr, "sub", endpoints.Subscriber(saddr, wait=wait), token)
 
-    def _attach(self, saddr: str, role: str, handle: H) -> H:
+    def _attach(self, saddr: str, role: str, handle: H,
+                token: Mapping[str, Any] | None = None) -> H:
         key = (saddr, role)
         if key in self._handles:
             raise ValueError(f"{saddr} already has a {role} handle on this connection")
         self._handles[key] = handle  # the control thread installs the reply's lanes into it
         try:
-            self.call("attach", saddr=saddr, role=role)
+            extra = {} if token is None else {"token": dict(token)}
+            self.call("attach", saddr=saddr, role=role, **extra)
         except BaseException:
             self._handles.pop(key, None)
             handle.close()

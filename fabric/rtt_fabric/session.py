@@ -23,8 +23,7 @@ class Session:
         self.id = next(_ids)
         self.services: set[str] = set()  # registered on this connection: its ends to attach
         self._writer = writer
-        self._queue: asyncio.Queue[tuple[bytes, tuple[int, ...], tuple[int, ...]] | None] = (
-            asyncio.Queue())
+        self._queue: asyncio.Queue[tuple[bytes, tuple[int, ...]] | None] = asyncio.Queue()
         self._pump = asyncio.create_task(self._run())
 
     def __hash__(self) -> int:
@@ -36,11 +35,10 @@ class Session:
     def __lt__(self, other: Session) -> bool:
         return self.id < other.id
 
-    def put(self, data: bytes, fds: tuple[int, ...] = (),
-            close_after: tuple[int, ...] = ()) -> None:
-        """Queue one framed message; `close_after` descriptors are closed once it is sent (or
-        the connection is gone), which is how stream ends are handed off."""
-        self._queue.put_nowait((data, fds, close_after))
+    def put(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
+        """Queue one framed message with descriptors it owns: they are closed once it is sent,
+        or once the connection is gone."""
+        self._queue.put_nowait((data, fds))
 
     async def close(self) -> None:
         """Send what is queued, then stop."""
@@ -51,14 +49,14 @@ class Session:
     async def _run(self) -> None:
         broken = False
         while (item := await self._queue.get()) is not None:
-            data, fds, close_after = item
+            data, fds = item
             try:
                 if not broken:
                     await (self._send_fds(data, fds) if fds else self._send(data))
             except (ConnectionError, OSError):
-                broken = True  # keep draining the queue so every handed-off fd is closed
+                broken = True  # keep draining the queue so every descriptor is closed
             finally:
-                for fd in close_after:
+                for fd in fds:
                     os.close(fd)
 
     async def _send(self, data: bytes) -> None:

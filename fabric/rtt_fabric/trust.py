@@ -52,6 +52,7 @@ class Refusal(enum.StrEnum):
     INVALID = "signature-invalid"  # malformed, tampered, or not made by the key or certificate
     UNTRUSTED = "signer-untrusted"  # made by a key or identity the policy does not allow
     MISMATCH = "plan-mismatch"  # a good signature, but over another plan or provenance
+    UNSIGNED = "plan-unsigned"  # no signature at all where policy wants one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +97,27 @@ class TrustPolicy:
 
     def key(self, key_id: str) -> TrustedKey | None:
         return next((k for k in self.keys if k.key_id == key_id), None)
+
+
+def load_policy(path: Path) -> TrustPolicy:
+    """A trust policy file, YAML or JSON: the `trust:` section of policies/, or a file holding
+    just that section. Used by `rtt fabric serve --trust`; PolicyError says what is wrong."""
+    import yaml  # noqa: PLC0415 - only a strict daemon reads a policy file
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PolicyError(f"{path}: cannot read a trust policy ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("trust"), dict):
+        data = data["trust"]
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: a trust policy is a mapping (the `trust:` section)")
+    try:
+        return TrustPolicy.from_dict(data, base=path.parent)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, PolicyError):
+            raise
+        raise PolicyError(f"{path}: malformed trust policy ({exc!r})") from None
 
 
 def _key(item: Mapping[str, Any]) -> TrustedKey:
@@ -167,6 +189,16 @@ def verify(data: bytes, policy: TrustPolicy) -> Verdict:
 
 def verify_envelope(env: envelope.Envelope, policy: TrustPolicy) -> Verdict:
     """An ed25519 DSSE envelope: the key must be in policy, then the signature must hold."""
+    verdict = verify_ed25519(env, policy)
+    if verdict.problem is not None:
+        return verdict
+    return _read_statement(verdict, env.payload_type, env.payload)
+
+
+def verify_ed25519(env: envelope.Envelope, policy: TrustPolicy) -> Verdict:
+    """The key and signature check alone, whatever the payload: plans, and the fabric's signed
+    manifests and capability tokens (whose payload types keep one from passing as another,
+    since DSSE signs the type with the payload). Trusted, without a statement, if it holds."""
     if len(env.signatures) != 1:
         count = len(env.signatures)
         return UNREADABLE.refuse(f"an RTT envelope carries one signature, not {count}")
@@ -182,8 +214,7 @@ def verify_envelope(env: envelope.Envelope, policy: TrustPolicy) -> Verdict:
     except InvalidSignature:
         return verdict.refuse(f"the ed25519 signature does not verify with key {keyid!r}: "
                               "the envelope was changed or signed by another key")
-    return _read_statement(dataclasses.replace(verdict, trusted=True), env.payload_type,
-                           env.payload)
+    return dataclasses.replace(verdict, trusted=True)
 
 
 def _read_statement(verdict: Verdict, payload_type: str, payload: bytes) -> Verdict:

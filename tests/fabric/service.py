@@ -78,12 +78,24 @@ def run_pub(args: argparse.Namespace, conn: sdk.Connection) -> dict[str, Any]:
             time.sleep(args.pace_us / 1e6)
     while pub.flush():
         time.sleep(0.001)
+    _await_generations(pub, args.until)
     if args.ready_after_send:
         Path(args.ready_after_send).write_text("sent")
     if args.linger:
         time.sleep(args.linger)
     return {"admitted": admitted, "oversize": oversize, "refused": refused, "sent": sent,
             "generations": pub.generations}
+
+
+def _await_generations(handle: endpoints.Publisher | endpoints.Subscriber,
+                       until: str | None) -> None:
+    """An --until file may name how many lane sets the test pushed: under load they can lag
+    the commits, so wait (up to a minute) until they have all been installed."""
+    text = Path(until).read_text().split() if until and Path(until).exists() else []
+    deadline = time.monotonic() + 60
+    while len(text) > 1 and handle.generations < int(text[1]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print(f"service: {handle.saddr} installed {handle.generations} lane sets", file=sys.stderr)
 
 
 def _inject_corrupt(pub: endpoints.Publisher, seq: int) -> None:
@@ -105,35 +117,49 @@ def _inject_corrupt(pub: endpoints.Publisher, seq: int) -> None:
     out.next_id += 1
 
 
+class _Tally:
+    """What a subscriber received: sequence numbers, frame ids, senders, damaged payloads."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.ids: list[int] = []
+        self.senders: set[str] = set()
+        self.bad = 0
+
+    def add(self, frames: list[endpoints.Frame]) -> None:
+        for frame in frames:
+            seq = check(frame.payload)
+            if seq is None:
+                self.bad += 1
+                continue
+            self.seqs.append(seq)
+            self.ids.append(frame.frame_id)
+            self.senders.add(frame.sender)
+
+
 def run_sub(args: argparse.Namespace, conn: sdk.Connection) -> dict[str, Any]:
     sub = conn.subscriber(args.saddr)
     if args.ready:
         Path(args.ready).write_text("ready")
     while args.go and not Path(args.go).exists():
         time.sleep(0.01)
-    seqs, ids, bad, senders = [], [], 0, set()
+    tally = _Tally()
     deadline = time.monotonic() + args.timeout
     quiet_since = None
-    while len(seqs) + bad < args.count and time.monotonic() < deadline:
+    while len(tally.seqs) + tally.bad < args.count and time.monotonic() < deadline:
         frames = sub.drain(1024, timeout_s=0.2)
         if args.until and Path(args.until).exists():
-            quiet_since = quiet_since or time.monotonic()
-            if frames:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > 1.0:
+            quiet_since = time.monotonic() if frames or quiet_since is None else quiet_since
+            if time.monotonic() - quiet_since > 1.0:
                 break
-        for frame in frames:
-            seq = check(frame.payload)
-            if seq is None:
-                bad += 1
-            else:
-                seqs.append(seq)
-                ids.append(frame.frame_id)
-                senders.add(frame.sender)
+        tally.add(frames)
         if args.slow_ms:
             time.sleep(args.slow_ms / 1000)
-    return {"seqs": seqs, "frame_ids": ids, "bad": bad, "senders": sorted(senders),
-            "generations": sub.generations}
+    _await_generations(sub, args.until)
+    while frames := sub.drain(1024, timeout_s=0.2):  # what arrived while waiting
+        tally.add(frames)
+    return {"seqs": tally.seqs, "frame_ids": tally.ids, "bad": tally.bad,
+            "senders": sorted(tally.senders), "generations": sub.generations}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,9 +54,12 @@ def test_a_thousand_epoch_flips_lose_and_repeat_no_frame_on_a_route_that_stays(
     for flip in range(FLIPS):
         op = "add" if flip % 2 == 0 else "del"
         commit(daemon, f"flip-{flip}", [{"op": op, "link": item} for item in churn])
-    time.sleep(0.5)  # the last lane sets are pushed asynchronously; let them land
-    until.write_text("stop")
-    sent, got = report(pub, tmp_path / "pub.json"), report(sub, tmp_path / "sub.json")
+    # The attach plus one lane set per flip: each service waits until it has installed them all.
+    partial = tmp_path / "until.partial"
+    partial.write_text(f"stop {FLIPS + 1}")
+    partial.rename(until)  # the services poll for the file: it must appear whole
+    sent = report(pub, tmp_path / "pub.json", timeout_s=180)
+    got = report(sub, tmp_path / "sub.json", timeout_s=180)
 
     assert sent["sent"] > 10 * FLIPS  # traffic ran throughout, not between flips
     assert sent["generations"] > FLIPS  # the publisher saw every flip (plus its attach)

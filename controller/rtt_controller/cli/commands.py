@@ -312,7 +312,7 @@ HELP = {
     "plan": "compute the deterministic, content-addressed plan",
     "show": "print a plan file",
     "diff": "the plan between two revisions, as a pull-request comment",
-    "keys": "make ed25519 signing keys (generate)",
+    "keys": "ed25519 keys: generate, sign-manifest, sign-token",
     "verify": "check a plan's signatures against the trust policy",
     "fabric": "run and inspect a fabric node (serve, status, wal verify)",
     "tap": "per-route flight windows from a running node (--flight 5s), as NDJSON",

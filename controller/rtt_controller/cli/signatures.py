@@ -1,4 +1,5 @@
-"""The signing subcommands: `rtt keys generate`, `rtt verify`, and `rtt plan --sign`'s half.
+"""The signing subcommands: `rtt keys generate|sign-manifest|sign-token`, `rtt verify`, and
+`rtt plan --sign`'s half.
 
 Signing goes through the `signing` seam; verification through `rtt_fabric.trust`, the same code
 the fabric runs. The trust policy is the `trust:` section of the repository's policies/ (at
@@ -11,16 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rtt_controller.cli.exits import INVALID, OK, UsageError
 from rtt_controller.core import loading, model
 from rtt_controller.core import plan as plan_mod
-from rtt_controller.signing import keys, sidecar
+from rtt_controller.signing import grants, keys, sidecar
 from rtt_controller.source.snapshot import ParseCache, Snapshot
-from rtt_fabric import envelope, trust
+from rtt_fabric import envelope, tokens, trust
 
 ReadSnapshot = Callable[[str, str | None, ParseCache], Snapshot]
 SIGN_METHODS = ("key", "sigstore")
@@ -36,9 +40,28 @@ def register_keys(p: argparse.ArgumentParser) -> None:
                      help="the key id policies/trust.yaml will name (also the file name)")
     gen.add_argument("--out", default=".", metavar="DIR", help="folder for the files (default: .)")
     gen.add_argument("--format", choices=("text", "json"), default="text")
+    man = sub.add_parser("sign-manifest", help="sign a service manifest for a strict fabric node")
+    man.add_argument("manifest", metavar="FILE",
+                     help="YAML or JSON: {service: NAME, symbols: [...]} as REGISTER sends them")
+    man.add_argument("--key", required=True, metavar="FILE", help="an ID.key file")
+    tok = sub.add_parser("sign-token", help="sign a capability token to open one end of a symbol")
+    tok.add_argument("--key", required=True, metavar="FILE", help="an ID.key file")
+    tok.add_argument("--saddr", required=True, help="the symbol whose end the token opens")
+    tok.add_argument("--verb", required=True, choices=[v.value for v in tokens.Verb],
+                     help="tx: the sending end, rx: the receiving end, open: either")
+    tok.add_argument("--scope", action="append", default=[], metavar="CAP",
+                     help="a capability the token grants (repeatable); must cover the routes'")
+    tok.add_argument("--ttl", type=int, default=300, metavar="SECONDS",
+                     help="how long the token is valid from now (default 300)")
+    tok.add_argument("--not-before", type=int, metavar="UNIX_SECONDS",
+                     help="the token is not valid before this time")
 
 
 def keys_command(args: argparse.Namespace) -> int:
+    if args.keys_command == "sign-manifest":
+        return _sign_manifest(args)
+    if args.keys_command == "sign-token":
+        return _sign_token(args)
     try:
         private, public = keys.generate(args.key_id, Path(args.out))
     except keys.KeyFileError as exc:
@@ -51,6 +74,34 @@ def keys_command(args: argparse.Namespace) -> int:
     print(f"wrote {private} (private, mode 0600) and {public}")
     print("to trust it, add to the `trust:` section of policies/:\n  keys:\n"
           f"    - key_id: {args.key_id}\n      public_key: {public_key}")
+    return OK
+
+
+def _sign_manifest(args: argparse.Namespace) -> int:
+    """Print REGISTER's `signature` (a DSSE envelope) for the manifest in the file."""
+    key_id, private = _load_key(args.key)
+    try:
+        data = yaml.safe_load(Path(args.manifest).read_text(encoding="utf-8"))
+        signed = grants.sign_manifest(str(data["service"]), list(data["symbols"]),
+                                      key_id=key_id, key=private)
+    except OSError as exc:
+        raise UsageError(f"{args.manifest}: {exc.strerror}") from None
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{args.manifest}: not a manifest {{service, symbols}} ({exc})"
+                         ) from None
+    print(json.dumps(signed.to_json(), indent=2, sort_keys=True))
+    return OK
+
+
+def _sign_token(args: argparse.Namespace) -> int:
+    """Print ATTACH's `token` (a DSSE envelope), valid for --ttl seconds from now."""
+    key_id, private = _load_key(args.key)
+    if args.ttl <= 0:
+        raise UsageError("--ttl must be positive")
+    grant = grants.token(saddr=args.saddr, verb=args.verb, scopes=args.scope,
+                         now=int(time.time()), ttl_s=args.ttl, not_before=args.not_before)
+    print(json.dumps(grants.sign_token(grant, key_id=key_id, key=private).to_json(), indent=2,
+                     sort_keys=True))
     return OK
 
 
