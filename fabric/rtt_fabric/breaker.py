@@ -37,18 +37,21 @@ class Breakers:
         self._routes: dict[int, _Route] = {}
         self.trips = 0
 
-    def observe(self, route_id: int, now: float, errors: int) -> BreakerState:
-        """Record the route's cumulative error count at `now`; return its state after it."""
+    def observe(self, route_id: int, now: float, errors: int,
+                config: Config | None = None) -> BreakerState:
+        """Record the route's cumulative error count at `now`; return its state after it.
+        `config` is the route's own threshold (from policy, carried by its link), if any."""
+        rule = config or self.config
         route = self._routes.get(route_id)
         if route is None:  # a page starts at zero with its route: count from there
             route = self._routes[route_id] = _Route(since=now)
             route.history.append((now, 0))
-        window = self.config.window_s
+        window = rule.window_s
         route.history.append((now, errors))
         while route.history and route.history[0][0] < now - window:
             route.history.popleft()
         if route.state is BreakerState.CLOSED:
-            if errors - route.history[0][1] > self.config.errors:
+            if errors - route.history[0][1] > rule.errors:
                 self._enter(route, BreakerState.OPEN, now, errors)
                 self.trips += 1
         elif route.state is BreakerState.OPEN:

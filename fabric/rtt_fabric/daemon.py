@@ -447,7 +447,10 @@ class Daemon:
             for route, page in self.plane.pages():
                 sample = flight.read(page)
                 live.add(route.route_id)
-                state = self._breakers.observe(route.route_id, now, sample.errors)
+                own = route.link.breaker
+                state = self._breakers.observe(
+                    route.route_id, now, sample.errors,
+                    breaker.Config(errors=own[0], window_s=own[1]) if own else None)
                 if state is not sample.breaker:
                     flight.set_breaker(page, state)
                     self.say(f"route {route.key}: breaker {state.name.lower()}")

@@ -46,6 +46,7 @@ class Link:
     latency_budget_ms: float
     throughput_qps: int
     backpressure: str
+    breaker: tuple[int, float] | None = None  # (errors, window_s); None: the node's default
 
     @property
     def key(self) -> LinkKey:
@@ -62,7 +63,9 @@ class Link:
             "from_node": self.from_node, "to_node": self.to_node, "version": self.version,
             "caps": list(self.caps),
             "qos": {"latency_budget_ms": self.latency_budget_ms,
-                    "throughput_qps": self.throughput_qps, "backpressure": self.backpressure},
+                    "throughput_qps": self.throughput_qps, "backpressure": self.backpressure,
+                    **({"breaker": {"errors": self.breaker[0], "window_s": self.breaker[1]}}
+                       if self.breaker else {})},
         }
 
     @functools.cached_property
@@ -74,10 +77,12 @@ class Link:
         """
         s, n = canonical.string, canonical.number
         caps = ",".join(s(c) for c in self.caps)
+        breaker = (f'"breaker":{{"errors":{n(self.breaker[0])},"window_s":{n(self.breaker[1])}}},'
+                   if self.breaker else "")
         return (
             f'{{"caps":[{caps}],"class":{s(self.cls)},"from":{s(self.from_)},'
             f'"from_node":{s(self.from_node)},"lane":{s(self.lane)},'
-            f'"qos":{{"backpressure":{s(self.backpressure)},'
+            f'"qos":{{"backpressure":{s(self.backpressure)},{breaker}'
             f'"latency_budget_ms":{n(self.latency_budget_ms)},'
             f'"throughput_qps":{n(self.throughput_qps)}}},'
             f'"to":{s(self.to)},"to_node":{s(self.to_node)},"version":{s(self.version)}}}'
@@ -97,7 +102,9 @@ class Link:
                    caps=tuple(str(c) for c in data["caps"]),
                    latency_budget_ms=float(qos["latency_budget_ms"]),
                    throughput_qps=int(qos["throughput_qps"]),
-                   backpressure=str(qos["backpressure"]))
+                   backpressure=str(qos["backpressure"]),
+                   breaker=(int(qos["breaker"]["errors"]), float(qos["breaker"]["window_s"]))
+                   if qos.get("breaker") else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,12 +48,20 @@ class SymbolDecl(pydantic.BaseModel):
     lanes: Annotated[tuple[_Lane, ...], pydantic.Field(min_length=1)] = ("shm", "uds", "tcp")
 
 
+class BreakerWire(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    errors: Annotated[int, pydantic.Field(ge=1)]
+    window_s: Annotated[float, pydantic.Field(gt=0, le=3600)]
+
+
 class QosWire(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=True)
 
     latency_budget_ms: Annotated[float, pydantic.Field(gt=0, le=60_000)]
     throughput_qps: Annotated[int, pydantic.Field(gt=0, le=100_000_000)]
     backpressure: Literal["taildrop", "mark", "nack", "buffer"]
+    breaker: BreakerWire | None = None
 
 
 class LinkWire(pydantic.BaseModel):
@@ -76,7 +84,9 @@ class LinkWire(pydantic.BaseModel):
                           from_node=self.from_node, to_node=self.to_node, version=self.version,
                           caps=self.caps, latency_budget_ms=self.qos.latency_budget_ms,
                           throughput_qps=self.qos.throughput_qps,
-                          backpressure=self.qos.backpressure)
+                          backpressure=self.qos.backpressure,
+                          breaker=(self.qos.breaker.errors, self.qos.breaker.window_s)
+                          if self.qos.breaker else None)
 
 
 class StepWire(pydantic.BaseModel):

@@ -37,10 +37,13 @@ TEXT = st.text(max_size=12)
 @given(fields=st.tuples(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,
                         st.lists(TEXT, max_size=3),
                         st.floats(min_value=0.001, max_value=60_000, allow_nan=False),
-                        st.integers(1, 10**8), TEXT))
+                        st.integers(1, 10**8), TEXT,
+                        st.none() | st.tuples(st.integers(1, 10**6),
+                                              st.floats(min_value=0.001, max_value=3600))))
 def test_a_links_hand_written_canonical_json_matches_the_encoder(fields):
     link = graph.Link(from_=fields[0], to=fields[1], cls=fields[2], lane=fields[3],
                           from_node=fields[4], to_node=fields[5], version=fields[6],
                           caps=tuple(fields[7]), latency_budget_ms=fields[8],
-                          throughput_qps=fields[9], backpressure=fields[10])
+                          throughput_qps=fields[9], backpressure=fields[10], breaker=fields[11])
     assert link.canonical == canonical.dumps(link.to_json()) == rfc8785.dumps(link.to_json())
+    assert graph.Link.from_json(link.to_json()) == link

@@ -68,7 +68,8 @@ def links(demands: Sequence[Demand], assignment: Assignment,
             hit = (d, inventory.Link(
                 from_=key[0], to=key[1], cls=key[2], lane=lane, from_node=src, to_node=dst,
                 version=d.version, caps=d.caps, latency_budget_ms=d.latency_budget_ms,
-                throughput_qps=d.throughput_qps, backpressure=d.backpressure))
+                throughput_qps=d.throughput_qps, backpressure=d.backpressure,
+                breaker=d.breaker))
         seen[id(d)] = hit
         out.append(hit[1])
     if memo is not None:

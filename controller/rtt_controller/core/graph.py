@@ -31,6 +31,7 @@ class Demand:
     latency_budget_ms: float
     throughput_qps: int
     backpressure: str
+    breaker: tuple[int, float] | None  # (errors, window_s) from policy, or the node's default
     lanes: tuple[model.Lane, ...]  # feasible lanes, in `routing.prefer` order
     preferred: model.Lane | None
     from_node: str | None  # fixed placement, or None for the assigner to choose
@@ -136,6 +137,7 @@ def _resolve_route(entry: Entry[model.Route], state: DesiredState,
         latency_budget_ms=qos.latency_budget_ms or defaults.latency_budget_ms,
         throughput_qps=qos.throughput_qps or defaults.throughput_qps,
         backpressure=(qos.backpressure or defaults.backpressure).value,
+        breaker=(defaults.breaker.errors, defaults.breaker.window_s) if defaults.breaker else None,
         lanes=lanes, preferred=route.lane, from_node=src.node, to_node=dst.node,
     )
 

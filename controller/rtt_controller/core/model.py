@@ -147,10 +147,18 @@ class Types(Frozen):
     allowed_pairs: tuple[tuple[Name, Name], ...]
 
 
+class Breaker(Frozen):
+    """A route's breaker opens when more than `errors` wrong frames arrive within `window_s`."""
+
+    errors: Annotated[int, pydantic.Strict(), pydantic.Field(ge=1)]
+    window_s: Annotated[float, pydantic.Strict(), pydantic.Field(gt=0, le=3600)]
+
+
 class QosDefaults(Frozen):
     latency_budget_ms: LatencyMs = 10.0
     throughput_qps: Qps = 1_000
     backpressure: Backpressure = Backpressure.TAILDROP
+    breaker: Breaker | None = None  # None: each node's own default (rtt fabric serve flags)
 
 
 class Pin(Frozen):
