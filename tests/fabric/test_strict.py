@@ -272,8 +272,8 @@ def test_a_plan_signed_through_sigstore_binds_and_a_wrong_identity_does_not(
         plan = hand_plan([route(PUB, SUB, caps=["tick"])])
         statement = envelope.Statement(plan_id=plan["plan_id"], provenance=plan["provenance"])
 
-        def bundle(repository: str) -> dict[str, Any]:
-            identity = instance.token(issuer=GITHUB_ISSUER, subject=f"repo:{repository}",
+        def bundle(repository: str, issuer: str = GITHUB_ISSUER) -> dict[str, Any]:
+            identity = instance.token(issuer=issuer, subject=f"repo:{repository}",
                                       repository=repository, ref="refs/heads/main",
                                       workflow=WORKFLOW.replace("rtt-project/rtt", repository))
             return json.loads(keyless.sign(statement, context=instance.context(root),
@@ -282,6 +282,9 @@ def test_a_plan_signed_through_sigstore_binds_and_a_wrong_identity_does_not(
         good = bundle("rtt-project/rtt")
         stranger = vote(node, "s1", plan, batch_of(plan), carried(plan, bundle("evil/rtt")))
         assert stranger["reason"].startswith("signer-untrusted: "), stranger
+        elsewhere = vote(node, "s0", plan, batch_of(plan),
+                         carried(plan, bundle("rtt-project/rtt", "https://issuer.example")))
+        assert elsewhere["reason"].startswith("signer-untrusted: "), elsewhere
         tampered = vote(node, "s2", plan, batch_of(plan),
                         carried(plan, flip(good, "dsseEnvelope", "signatures", 0, "sig")))
         assert tampered["reason"].startswith("signature-invalid: "), tampered
