@@ -275,7 +275,8 @@ def test_a_plan_signed_through_sigstore_binds_and_a_wrong_identity_does_not(
         def bundle(repository: str, issuer: str = GITHUB_ISSUER) -> dict[str, Any]:
             identity = instance.token(issuer=issuer, subject=f"repo:{repository}",
                                       repository=repository, ref="refs/heads/main",
-                                      workflow=WORKFLOW.replace("rtt-project/rtt", repository))
+                                      workflow=WORKFLOW.replace("rtt-project/rtt", repository),
+                                      email=None if issuer == GITHUB_ISSUER else "ci@example.com")
             return json.loads(keyless.sign(statement, context=instance.context(root),
                                            identity=identity))
 
