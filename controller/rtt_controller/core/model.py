@@ -263,11 +263,30 @@ SSH_KEY_PATTERN = (r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|"
                    r"[A-Za-z0-9+/]+=*$")
 
 
+# An ASCII-armored public key block as `gpg --armor --export` writes it: optional armor headers,
+# a blank line, base64 lines (the `=XXXX` checksum is one of them), LF line ends. A private key
+# block or a CRLF paste does not match.
+OPENPGP_KEY_PATTERN = (r"^-----BEGIN PGP PUBLIC KEY BLOCK-----\n([A-Za-z]+: [^\n]*\n)*\n"
+                       r"([A-Za-z0-9+/=]+\n)+-----END PGP PUBLIC KEY BLOCK-----\n?$")
+Principal = Annotated[str, pydantic.StringConstraints(pattern=r"^[A-Za-z0-9@._+-]+$")]
+# As gpg prints it with --with-colons: upper-case hex, no spaces; v4 keys have 40 digits, v5 64.
+Fingerprint = Annotated[str, pydantic.StringConstraints(pattern=r"^([0-9A-F]{40}|[0-9A-F]{64})$")]
+
+
 class AllowedSigner(Frozen):
     """An SSH key allowed to sign commits (one line of an ssh allowed_signers file)."""
 
-    principal: Annotated[str, pydantic.StringConstraints(pattern=r"^[A-Za-z0-9@._+-]+$")]
+    principal: Principal
     public_key: Annotated[str, pydantic.StringConstraints(pattern=SSH_KEY_PATTERN)]
+
+
+class OpenPgpSigner(Frozen):
+    """An OpenPGP key allowed to sign commits. Only the primary key named by `fingerprint` is
+    trusted, with any of its signing subkeys; other keys in the same block are not."""
+
+    principal: Principal
+    fingerprint: Fingerprint
+    public_key: Annotated[str, pydantic.StringConstraints(pattern=OPENPGP_KEY_PATTERN)]
 
 
 class Trust(Frozen):
@@ -279,6 +298,7 @@ class Trust(Frozen):
     clock_skew_s: Annotated[int, pydantic.Strict(), pydantic.Field(ge=0, le=3600)] = 30
     require_signed_commits: Annotated[bool, pydantic.Strict()] = False
     allowed_signers: tuple[AllowedSigner, ...] = ()
+    allowed_openpgp_signers: tuple[OpenPgpSigner, ...] = ()
 
 
 class Policy(Frozen):
