@@ -80,8 +80,8 @@ class Route:
     key: graph.LinkKey
     route_id: int
     link: graph.Link
-    flight_fd: int
-    page: Any  # mmap of the flight page
+    flight_fd: int = -1
+    page: Any = None  # mmap of the flight page, while the route has lanes (`live`)
     tx: Generation | None = None  # what the sender writes into
     rx: Generation | None = None  # what the receiver reads (the same object, except for tcp)
     delivered: dict[str, int] = dataclasses.field(default_factory=dict)  # role -> generation sent
@@ -95,10 +95,16 @@ class Route:
             gen.close()
         self.tx = self.rx = None
 
+    @property
+    def live(self) -> bool:
+        return self.page is not None
+
     def close(self) -> None:
         self.close_lanes(seal=False)
-        self.page.close()
-        os.close(self.flight_fd)
+        if self.page is not None:
+            self.page.close()
+            os.close(self.flight_fd)
+            self.page, self.flight_fd = None, -1
 
 
 def slot_count(link: graph.Link) -> int:
@@ -144,7 +150,8 @@ class DataPlane:
                     del self.routes[key]
                     continue
                 route.link = link
-                self._new_generation(route)
+                if route.live:
+                    self._new_generation(route)
             elif link is not None:
                 self.routes[key] = self._open_route(link)
         pushes = self._pushes(touched)
@@ -152,12 +159,25 @@ class DataPlane:
         return pushes
 
     def _open_route(self, link: graph.Link) -> Route:
-        route_id = self._next_route_id
+        """A committed route. Its lane and flight page are made once one of its ends on this
+        node is attached (at once, if one already is): a route nobody has used holds no
+        descriptor, so a node's committed routes are not bounded by its open-file limit."""
+        route = Route(key=link.key, route_id=self._next_route_id, link=link)
         self._next_route_id += 1
-        fd, page = flight.create(route_id, name=f"rtt-flight-{route_id}")
-        route = Route(key=link.key, route_id=route_id, link=link, flight_fd=fd, page=page)
-        self._new_generation(route)
+        if self._wanted(route):
+            self._bring_up(route)
         return route
+
+    def _wanted(self, route: Route) -> bool:
+        return ((route.key[0], "pub") in self.endpoints and route.link.from_node == self.node
+                or (route.key[1], "sub") in self.endpoints and route.link.to_node == self.node)
+
+    def _bring_up(self, route: Route, *, lanes: bool = True) -> None:
+        if not route.live:
+            route.flight_fd, route.page = flight.create(route.route_id,
+                                                        name=f"rtt-flight-{route.route_id}")
+        if lanes and route.tx is None and route.rx is None:
+            self._new_generation(route)
 
     def _new_generation(self, route: Route) -> None:
         number, link = self._next_gen, route.link
@@ -193,6 +213,7 @@ class DataPlane:
         """A sending node connected for `key` (`receives(key)` holds): the route's new
         receiving generation."""
         route = self.routes[key]
+        self._bring_up(route, lanes=False)
         old = route.rx
         route.rx = Generation(self._next_gen, "tcp", sub_fd=fd)
         self._next_gen += 1
@@ -210,6 +231,7 @@ class DataPlane:
         self.endpoints[(saddr, role)] = session
         for route in self._routes_of(saddr, role):
             route.delivered.pop(role, None)
+            self._bring_up(route)
         return self._lane_set(session, saddr, role)
 
     def detach(self, session: Session, saddr: str, role: str) -> list[Push]:
@@ -229,11 +251,17 @@ class DataPlane:
         """The end is gone. A stream lane cannot be re-attached (its socket went with the
         service), nor can a ring whose producer died mid-stream: those routes start a new
         generation, and the other end drains the old one first. A ring outlives its consumer,
-        so the next subscriber carries on where the last one stopped."""
+        so the next subscriber carries on where the last one stopped. A route with neither end
+        attached any more gives back its lanes."""
         del self.endpoints[(saddr, role)]
         touched: set[tuple[str, str]] = set()
         for route in self._routes_of(saddr, role):
             route.delivered.pop(role, None)
+            if not self._wanted(route):
+                # Nobody reads or writes it: the lanes go (frames left in them are lost); the
+                # flight page stays, so the route's counters outlive its services.
+                route.close_lanes(seal=True)
+                continue
             if route.link.lane == "shm" and role == "sub":
                 continue
             other = (route.key[1], "sub") if role == "pub" else (route.key[0], "pub")
@@ -331,8 +359,11 @@ class DataPlane:
             os.close(self.bells.pop(saddr))
 
     def pages(self) -> Iterator[tuple[Route, Any]]:
+        """The flight pages of the routes that have lanes now."""
         for key in sorted(self.routes):
-            yield self.routes[key], self.routes[key].page
+            route = self.routes[key]
+            if route.live:
+                yield route, route.page
 
     def close(self) -> None:
         for route in self.routes.values():
