@@ -299,7 +299,8 @@ class Daemon:
         if self._gate is not None:
             try:
                 self._gate.attach(session, request.saddr, request.role, request.token,
-                                  routes=[r.link for r in self.plane.routes.values()],
+                                  routes=[r.link for r in self.plane.routes_of(
+                                      request.saddr, request.role)],
                                   attached=self.plane.endpoints)
             except tokens.Refused as exc:
                 raise participant.Refused(exc.refusal.value, str(exc)) from None

@@ -121,6 +121,7 @@ class DataPlane:
         self.node = node
         self._tcp_connect = tcp_connect
         self.routes: dict[graph.LinkKey, Route] = {}
+        self._by_saddr: dict[tuple[str, int], set[graph.LinkKey]] = {}  # (saddr, 0 from|1 to)
         self.endpoints: dict[tuple[str, str], Session] = {}
         self.bells: dict[str, int] = {}  # subscriber saddr -> eventfd shared by its shm rings
         self._next_route_id = 1
@@ -148,12 +149,14 @@ class DataPlane:
                 if link is None:
                     route.close()
                     del self.routes[key]
+                    self._index(key, add=False)
                     continue
                 route.link = link
                 if route.live:
                     self._new_generation(route)
             elif link is not None:
                 self.routes[key] = self._open_route(link)
+                self._index(key, add=True)
         pushes = self._pushes(touched)
         self._gc_bells()
         return pushes
@@ -169,8 +172,9 @@ class DataPlane:
         return route
 
     def _wanted(self, route: Route) -> bool:
-        return ((route.key[0], "pub") in self.endpoints and route.link.from_node == self.node
-                or (route.key[1], "sub") in self.endpoints and route.link.to_node == self.node)
+        sends = (route.key[0], "pub") in self.endpoints and route.link.from_node == self.node
+        receives = (route.key[1], "sub") in self.endpoints and route.link.to_node == self.node
+        return sends or receives
 
     def _bring_up(self, route: Route, *, lanes: bool = True) -> None:
         if not route.live:
@@ -229,7 +233,7 @@ class DataPlane:
         if holder is not None and holder != session:
             raise Refused("busy", f"{saddr} already has a {role} attached (SPSC: one per end)")
         self.endpoints[(saddr, role)] = session
-        for route in self._routes_of(saddr, role):
+        for route in self.routes_of(saddr, role):
             route.delivered.pop(role, None)
             self._bring_up(route)
         return self._lane_set(session, saddr, role)
@@ -255,7 +259,7 @@ class DataPlane:
         attached any more gives back its lanes."""
         del self.endpoints[(saddr, role)]
         touched: set[tuple[str, str]] = set()
-        for route in self._routes_of(saddr, role):
+        for route in self.routes_of(saddr, role):
             route.delivered.pop(role, None)
             if not self._wanted(route):
                 # Nobody reads or writes it: the lanes go (frames left in them are lost); the
@@ -279,13 +283,25 @@ class DataPlane:
 
     # --- lane sets -----------------------------------------------------------------------------
 
-    def _routes_of(self, saddr: str, role: str) -> Iterator[Route]:
+    def routes_of(self, saddr: str, role: str) -> Iterator[Route]:
+        """The routes at one end on this node, in key order (from an index: an attach or a
+        push costs the end's routes, not the node's)."""
         index = 0 if role == "pub" else 1
         node_field = "from_node" if role == "pub" else "to_node"
-        for key in sorted(self.routes):
+        for key in sorted(self._by_saddr.get((saddr, index), ())):
             route = self.routes[key]
-            if key[index] == saddr and getattr(route.link, node_field) == self.node:
+            if getattr(route.link, node_field) == self.node:
                 yield route
+
+    def _index(self, key: graph.LinkKey, *, add: bool) -> None:
+        for position in (0, 1):
+            keys = self._by_saddr.setdefault((key[position], position), set())
+            if add:
+                keys.add(key)
+            else:
+                keys.discard(key)
+                if not keys:
+                    del self._by_saddr[(key[position], position)]
 
     def _pushes(self, endpoints: Iterable[tuple[str, str]]) -> list[Push]:
         pushes = []
@@ -300,7 +316,7 @@ class DataPlane:
         not hold yet; stream ends are handed off, never kept."""
         fds: list[int] = []
         lanes = []
-        for route in self._routes_of(saddr, role):
+        for route in self.routes_of(saddr, role):
             gen = route.tx if role == "pub" else route.rx
             entry: dict[str, Any] = {
                 "route_id": route.route_id, "from": route.key[0], "to": route.key[1],
@@ -369,6 +385,7 @@ class DataPlane:
         for route in self.routes.values():
             route.close()
         self.routes.clear()
+        self._by_saddr.clear()
         for fd in self.bells.values():
             os.close(fd)
         self.bells.clear()
