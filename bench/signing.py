@@ -313,8 +313,10 @@ def gate_attach(signer: Signer, links: list[dict[str, Any]], *, reps: int) -> li
             for lk in links]
     requests = [protocol.parse_request(attach_body(t)) for t in sign_tokens(signer, reps + 1)]
     gate = strict.Gate(signer.policy, node=NODE)
+    # The daemon passes the routes at the attaching end (its per-end index), not the node's.
+    at_end = [r.link for r in held if r.link.from_ == PUB and r.link.from_node == NODE]
     return per_call(lambda i: gate.attach("session", PUB, "pub", requests[i + 1].token,
-                                          routes=[r.link for r in held], attached={}),
+                                          routes=at_end, attached={}),
                     reps=reps)
 
 
