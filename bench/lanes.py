@@ -61,17 +61,6 @@ def _batch(size: int) -> int:
 # ---------------------------------------------------------------- shm ring
 
 
-def shm_send_single(end: ring.RingMap, count: int, payload: bytes, pace_ns: int) -> int:
-    push, sent = end.ring.push, 0
-    start = time.monotonic_ns()
-    for frame in range(count):
-        if pace_ns:
-            sent = pair.paced(pace_ns, sent)
-        while not push(ROUTE, frame, payload):
-            pass
-    return start
-
-
 def shm_send_batch(end: ring.RingMap, count: int, payload: bytes, pace_ns: int) -> int:
     send_many, batch, frame = end.ring.send_many, [payload] * _batch(len(payload)), 0
     start = time.monotonic_ns()
@@ -232,9 +221,9 @@ def idle_cpu_seconds() -> float:
 
 
 LANES: list[tuple[str, pair.Producer, pair.Consumer, str]] = [
-    ("shm busy-poll, single", shm_send_single, shm_recv_single, "shm"),
+    ("shm busy-poll, single", pair.shm_send, shm_recv_single, "shm"),
     ("shm busy-poll, batch", shm_send_batch, shm_recv_batch, "shm"),
-    ("shm doorbell, single", shm_send_single, shm_recv_doorbell, "shm-bell"),
+    ("shm doorbell, single", pair.shm_send, shm_recv_doorbell, "shm-bell"),
     ("multiprocessing.Queue", queue_send, queue_recv, "queue"),
     ("AF_UNIX socketpair", sock_send, sock_recv, "sock"),
     ("pyzmq PUSH/PULL ipc://", zmq_send, zmq_recv, "zmq"),

@@ -76,3 +76,17 @@ def pct(values: list[int], q: float) -> float:
 
 def fmt_rate(v: float) -> str:
     return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k"
+
+
+def shm_send(end: Any, count: int, payload: bytes, pace_ns: int, *, route: int = 1) -> int:
+    """The shm producer both lane benchmarks use: one push per message, spinning while the ring
+    is full, paced when asked; returns the first send's CLOCK_MONOTONIC ns."""
+    push, sent = end.ring.push, 0
+    start = time.monotonic_ns()
+    for frame in range(count):
+        if pace_ns:
+            sent = paced(pace_ns, sent)
+        while not push(route, frame, payload):
+            pass
+    return start
+

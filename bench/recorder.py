@@ -69,17 +69,6 @@ class Ends:
 # ---------------------------------------------------------------- two processes
 
 
-def send(end: ring.RingMap, count: int, payload: bytes, pace_ns: int) -> int:
-    push, sent = end.ring.push, 0
-    start = time.monotonic_ns()
-    for frame in range(count):
-        if pace_ns:
-            sent = pair.paced(pace_ns, sent)
-        while not push(ROUTE, frame, payload):
-            pass
-    return start
-
-
 def recv(end: ring.RingMap, count: int, timed: bool) -> tuple[int, list[int]]:
     r, lat = end.ring, list[int]()
     if timed:
@@ -105,8 +94,8 @@ def _two_process(ends: Ends, *, count: int, samples: int, pace_ns: int,
     """One rep: throughput and paced latency with and without the page, in `order`."""
     for label, end in order(("without", ends.plain), ("with", ends.recorded)):
         before = ends.rx_frames()
-        rate, _ = pair.run_pair(send, recv, end, count=count, size=SIZE)
-        _, lat = pair.run_pair(send, recv, end, count=samples, size=SIZE, pace_ns=pace_ns)
+        rate, _ = pair.run_pair(pair.shm_send, recv, end, count=count, size=SIZE)
+        _, lat = pair.run_pair(pair.shm_send, recv, end, count=samples, size=SIZE, pace_ns=pace_ns)
         if label == "with" and ends.rx_frames() - before != count + samples:
             raise AssertionError("the flight page did not record every frame")
         out[f"tput_{label}"].append(rate)
