@@ -25,7 +25,25 @@ from rtt_fabric import canonical, envelope, trust
 from tests.sigstore_instance import GITHUB_ISSUER, Instance
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "sigstore"
+
+
+def _fixtures() -> Path:
+    """The shared Sigstore fixtures: `$RTT_SHARED_DIR/fixtures/sigstore`, else the first
+    `shared/fixtures/sigstore` beside the checkout or above it (the repo lives next to
+    `../shared`; a checkout elsewhere finds it by walking up)."""
+    if os.environ.get("RTT_SHARED_DIR"):
+        return Path(os.environ["RTT_SHARED_DIR"]) / "fixtures" / "sigstore"
+    for parent in REPO.parents:
+        candidate = parent / "shared" / "fixtures" / "sigstore"
+        if candidate.is_dir():
+            return candidate
+    return REPO.parent / "shared" / "fixtures" / "sigstore"
+
+
+FIXTURES = _fixtures()
+needs_shared = pytest.mark.skipif(
+    not FIXTURES.is_dir(), reason=f"the shared Sigstore fixtures are not at {FIXTURES}; set "
+                                  "RTT_SHARED_DIR to the folder holding fixtures/sigstore")
 ROOTS = {"staging": FIXTURES / "staging.trusted_root.json",
          "production": FIXTURES / "production.trusted_root.json"}
 GH = "https://github.com/login/oauth"
@@ -84,12 +102,14 @@ def _changed_byte(artifact: bytes | Hashed) -> bytes | Hashed:
 # --- the public fixtures ----------------------------------------------------------------------
 
 
+@needs_shared
 @pytest.mark.parametrize(("artifact", "bundle", "root", "identity", "issuer"), MUST_VERIFY,
                          ids=[row[1] for row in MUST_VERIFY])
 def test_every_must_verify_bundle_verifies_offline(artifact, bundle, root, identity, issuer):
     _verify_artifact(_input(artifact), bundle, root, identity, issuer)
 
 
+@needs_shared
 @pytest.mark.parametrize(("artifact", "bundle", "root", "identity", "issuer"), MUST_VERIFY,
                          ids=[row[1] for row in MUST_VERIFY])
 @pytest.mark.parametrize("tamper", ["artifact-byte", "identity", "issuer", "other-root"])
@@ -107,6 +127,7 @@ def test_every_tampered_variant_is_rejected(artifact, bundle, root, identity, is
         _verify_artifact(data, bundle, root, identity, issuer)
 
 
+@needs_shared
 @pytest.mark.parametrize(("artifact", "bundle"), UNVERIFIABLE, ids=[b for _, b in UNVERIFIABLE])
 def test_every_must_reject_bundle_is_rejected(artifact, bundle):
     # The policy allows exactly the identity the bundle's certificate claims, so only the
@@ -119,6 +140,7 @@ def test_every_must_reject_bundle_is_rejected(artifact, bundle):
         _verify_artifact(_input(artifact), bundle, "staging", signer, issuer)
 
 
+@needs_shared
 @pytest.mark.parametrize("bundle", MALFORMED)
 def test_every_malformed_bundle_is_refused_as_invalid(bundle):
     data = (FIXTURES / bundle).read_bytes()
@@ -130,6 +152,7 @@ def test_every_malformed_bundle_is_refused_as_invalid(bundle):
     assert verdict.problem.startswith("not a valid sigstore bundle")
 
 
+@needs_shared
 def test_the_dsse_fixture_verifies_through_verify_dsse():
     name, root, identity, issuer = DSSE
     loaded = Bundle.from_json((FIXTURES / name).read_bytes())
@@ -139,6 +162,7 @@ def test_the_dsse_fixture_verifies_through_verify_dsse():
     assert json.loads(payload)["_type"] == "https://in-toto.io/Statement/v1"
 
 
+@needs_shared
 def test_the_dsse_fixture_through_the_trust_module_names_its_signer_but_is_no_plan():
     name, root, identity, issuer = DSSE
     policy = trust.TrustPolicy.from_dict({"trusted_root": str(ROOTS[root]),
@@ -151,6 +175,7 @@ def test_the_dsse_fixture_through_the_trust_module_names_its_signer_but_is_no_pl
     assert "not an RTT plan statement" in verdict.problem
 
 
+@needs_shared
 @pytest.mark.parametrize("tamper", ["payload-byte", "signature-byte", "wrong-identity",
                                     "repository-policy", "other-root"])
 def test_the_dsse_fixture_tampered_is_refused(tamper):
@@ -180,6 +205,7 @@ def test_the_dsse_fixture_tampered_is_refused(tamper):
     assert verdict.refusal is expected, verdict.problem
 
 
+@needs_shared
 def test_the_packaged_production_root_loads_offline():
     # No network here: this only passes if `production` resolves without a TUF refresh.
     verdict = trust.verify((FIXTURES / DSSE[0]).read_bytes(),
