@@ -152,8 +152,8 @@ class DataPlane:
                     self._index(key, add=False)
                     continue
                 route.link = link
-                if route.live:
-                    self._new_generation(route)
+                if self._wanted(route):
+                    self._bring_up(route)
             elif link is not None:
                 self.routes[key] = self._open_route(link)
                 self._index(key, add=True)
