@@ -20,6 +20,8 @@ from rtt_controller.cli import signatures
 from rtt_controller.cli.exits import INVALID, OK, UsageError
 from rtt_controller.core import inventory, loading, planner, render
 from rtt_controller.core import plan as plan_mod
+from rtt_controller.reconcile import applying
+from rtt_controller.reconcile import coordinator as coord
 from rtt_controller.source import directory, gitrepo
 from rtt_controller.source.snapshot import ParseCache, Snapshot
 from rtt_fabric import cli as fabric_cli
@@ -284,6 +286,45 @@ def verify(args: argparse.Namespace) -> int:
     return signatures.verify(args, read_snapshot=_snapshot)
 
 
+# --- apply ------------------------------------------------------------------------------------
+
+
+def _register_apply(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", type=Path, help="a plan file written by `rtt plan --out`")
+    p.add_argument("--node", action="append", default=[], metavar="NAME=SOCKET", required=True,
+                   help="a fabric node's control socket, one per node the plan touches")
+    p.add_argument("--state", type=Path, default=Path(".rtt/controller"),
+                   help="the coordinator's WAL and in-doubt socket (default: .rtt/controller)")
+    _format_arg(p, ("text", "json"))
+
+
+def apply(args: argparse.Namespace) -> int:
+    """Apply a plan in 2PC batches; exit 0 when promoted (observed == desired), 1 when it was
+    rolled back or failed."""
+    try:
+        nodes = applying.parse_nodes(args.node)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.plan.is_file():
+        raise UsageError(f"{args.plan}: no such plan file")
+    try:
+        result = applying.apply_file(args.plan, nodes=nodes, state=args.state)
+    except plan_mod.PlanFormatError as exc:
+        print(f"{args.plan}: {exc}", file=sys.stderr)
+        return INVALID
+    except KeyError as exc:  # a node the plan names has no --node
+        raise UsageError(str(exc.args[0])) from None
+    report = {"plan_id": result.plan_id, "outcome": result.outcome.value,
+              "committed_batches": result.committed, "observed_graph_hash": result.observed_hash,
+              "reason": result.reason}
+    if args.format == "json":
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(f"{result.plan_id}: {result.outcome.value} after {result.committed} committed "
+              f"batch(es)" + (f": {result.reason}" if result.reason else ""))
+    return OK if result.outcome is coord.Outcome.PROMOTED else INVALID
+
+
 # --- fabric -----------------------------------------------------------------------------------
 
 
@@ -303,6 +344,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "diff": (_register_diff, _invalid_guard(diff)),
     "keys": (signatures.register_keys, signatures.keys_command),
     "verify": (signatures.register_verify, verify),
+    "apply": (_register_apply, apply),
     "fabric": (_register_fabric, fabric),
     "tap": (fabric_cli.register_tap, fabric_cli.run_tap),
 }
@@ -314,6 +356,7 @@ HELP = {
     "diff": "the plan between two revisions, as a pull-request comment",
     "keys": "ed25519 keys: generate, sign-manifest, sign-token",
     "verify": "check a plan's signatures against the trust policy",
+    "apply": "apply a plan file to the fabric's nodes in 2PC batches, rolling back on failure",
     "fabric": "run and inspect a fabric node (serve, status, wal verify)",
     "tap": "per-route flight windows from a running node (--flight 5s), as NDJSON",
 }

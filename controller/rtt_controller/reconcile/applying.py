@@ -1,0 +1,61 @@
+"""Applying a plan file to the fabric: its batches, its signature, the coordinator around them.
+
+Called by `rtt apply` (and, next, by the reconcile loop). The plan's own batches are applied in
+order; a signature found beside the plan (`<plan>.dsse.json`, `<plan>.sigstore.json`) travels
+with every PREPARE, so nodes in strict mode can bind to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from rtt_controller.core import plan as plan_mod
+from rtt_controller.reconcile import coordinator as coord
+from rtt_controller.signing import sidecar
+from rtt_fabric import steps, wal
+
+
+def batches(plan: plan_mod.Plan) -> list[list[steps.Step]]:
+    """The plan's batches as steps, in plan order (content["order"] lists `plan.steps`' ids)."""
+    by_id = dict(zip(plan.content["order"], plan.steps, strict=True))
+    return [[by_id[step_id] for step_id in batch] for batch in plan.content["batches"]]
+
+
+def signed(plan_file: Path, data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a strict node's PREPARE wants: the first signature beside the plan, with the plan's
+    content and provenance; None for an unsigned plan."""
+    found = sidecar.beside(plan_file)
+    if not found:
+        return None
+    return {"signature": orjson.loads(found[0].read_bytes()), "content": data["content"],
+            "provenance": data["provenance"]}
+
+
+def apply_file(plan_file: Path, *, nodes: Mapping[str, coord.Node],
+               state: Path) -> coord.Result:
+    """Load, check and apply one plan file with a coordinator whose WAL lives in `state`, and
+    which answers the nodes' in-doubt queries on `state/coordinator.sock` meanwhile."""
+    data = orjson.loads(plan_file.read_bytes())
+    plan = plan_mod.load(data)
+    state.mkdir(parents=True, exist_ok=True)
+    with wal.Wal.open(state / "wal") as log:
+        coordinator = coord.Coordinator(log=log, nodes=nodes)
+        with coord.resolving(coordinator, state / "coordinator.sock"):
+            return coordinator.apply(plan_id=plan.plan_id, batches=batches(plan),
+                                     desired_hash=str(plan.content["desired_graph_hash"]),
+                                     signed_plan=signed(plan_file, data))
+
+
+def parse_nodes(specs: Sequence[str]) -> dict[str, coord.Node]:
+    """`NAME=SOCKET` pairs, one per fabric node; ValueError names a bad one."""
+    nodes: dict[str, coord.Node] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{spec!r}: expected NODE=SOCKET")
+        nodes[name] = coord.SocketNode(name, Path(path))
+    return nodes
