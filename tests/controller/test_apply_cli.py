@@ -79,3 +79,34 @@ def test_a_node_the_plan_names_but_the_command_does_not_is_a_usage_error(tmp_pat
     bad = rtt("apply", str(plan_file), "--node", "no-equals-sign")
     assert bad.returncode == 2
     assert "NODE=SOCKET" in bad.stderr
+
+
+def test_a_signed_plan_applies_to_a_strict_node_and_an_unsigned_one_does_not(
+        tmp_path: Path) -> None:
+    assert rtt("keys", "generate", "--key-id", "ops", "--out", str(tmp_path)).returncode == 0
+    public = (tmp_path / "ops.pub").read_text().strip()
+    trust = tmp_path / "trust.yaml"
+    trust.write_text(yaml.safe_dump({"trust": {
+        "keys": [{"key_id": "ops", "public_key": public}], "strict_manifests": False}}))
+    signed, unsigned = tmp_path / "signed" / "plan.json", tmp_path / "unsigned" / "plan.json"
+    for out in (signed, unsigned):
+        out.parent.mkdir()
+    assert rtt("plan", "--repo", str(CASE), "--out", str(signed), "--sign", "key", "--key",
+               str(tmp_path / "ops.key")).returncode == 0
+    assert rtt("plan", "--repo", str(CASE), "--out", str(unsigned)).returncode == 0
+    stub = Coordinator(tmp_path / "stub.sock")
+    node = Daemon(tmp_path, coordinator=stub.path, extra=("--strict", "--trust", str(trust)))
+    node.start()
+    try:
+        register_case(node)
+        refused = rtt("apply", str(unsigned), "--node", f"n0={node.socket}", "--state",
+                      str(tmp_path / "c"))
+        assert refused.returncode == 1
+        assert "plan-unsigned" in refused.stdout
+        applied = rtt("apply", str(signed), "--node", f"n0={node.socket}", "--state",
+                      str(tmp_path / "c"), "--format", "json")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert json.loads(applied.stdout)["outcome"] == "promoted"
+    finally:
+        assert node.stop() == 0, node.log_text()
+        stub.close()
