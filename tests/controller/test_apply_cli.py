@@ -68,6 +68,18 @@ def test_a_plan_applies_then_reapplying_it_is_refused_and_rolled_back(daemon: Da
     with daemon.client() as c:
         assert c.call("status")["graph_hash"] == desired
 
+    # Both applies are recorded durably; the status keeps the plan that converged.
+    state = ["--state", str(tmp_path / "c"), "--format", "json"]
+    status = json.loads(rtt("status", *state).stdout)
+    assert status["phase"] == "rolled-back"
+    assert status["applied_plan_id"] == report["plan_id"]
+    assert "link already present" in status["last_error"]
+    history = json.loads(rtt("history", *state).stdout)
+    assert [h["outcome"] for h in history] == ["promoted", "rolled-back"]
+    assert {h["plan_id"] for h in history} == {report["plan_id"]}
+    assert history[0]["batches"] >= 1
+    assert history[1]["batches"] == 0
+
 
 def test_a_node_the_plan_names_but_the_command_does_not_is_a_usage_error(tmp_path: Path) -> None:
     plan_file = tmp_path / "plan.json"

@@ -6,6 +6,7 @@ They wire the seams (git or directory source, solver) to the pure core and print
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -20,7 +21,7 @@ from rtt_controller.cli import signatures
 from rtt_controller.cli.exits import INVALID, OK, UsageError
 from rtt_controller.core import inventory, loading, planner, render
 from rtt_controller.core import plan as plan_mod
-from rtt_controller.reconcile import applying
+from rtt_controller.reconcile import applying, records
 from rtt_controller.reconcile import coordinator as coord
 from rtt_controller.source import directory, gitrepo
 from rtt_controller.source.snapshot import ParseCache, Snapshot
@@ -325,6 +326,40 @@ def apply(args: argparse.Namespace) -> int:
     return OK if result.outcome is coord.Outcome.PROMOTED else INVALID
 
 
+def _register_records(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", type=Path, default=Path(".rtt/controller"),
+                   help="the controller's state directory (default: .rtt/controller)")
+    _format_arg(p, ("text", "json"))
+
+
+def status(args: argparse.Namespace) -> int:
+    """The controller's status: phase, the revision and plan it is on, the last error."""
+    current = records.Records(args.state).status() if args.state.is_dir() else {}
+    if args.format == "json":
+        print(json.dumps(current, indent=2, sort_keys=True))
+    elif not current:
+        print(f"{args.state}: no apply recorded yet")
+    else:
+        print(f"phase {current.get('phase')} since {current.get('since')}")
+        for key in ("revision", "plan_id", "applied_plan_id", "observed_graph_hash",
+                    "last_error"):
+            print(f"  {key}: {current.get(key)}")
+    return OK
+
+
+def history(args: argparse.Namespace) -> int:
+    """Every recorded apply, oldest first: revision, plan id, outcome, duration, reason."""
+    entries = list(records.Records(args.state).history()) if args.state.is_dir() else []
+    if args.format == "json":
+        print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+        return OK
+    for e in entries:
+        print(f"{e.started_at}  {(e.revision or '-')[:12]:12}  {e.plan_id[:19]}  "
+              f"{e.outcome:11}  {e.duration_s:.3f}s  {e.batches} batch(es)"
+              + (f"  {e.reason}" if e.reason else ""))
+    return OK
+
+
 # --- fabric -----------------------------------------------------------------------------------
 
 
@@ -345,6 +380,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "keys": (signatures.register_keys, signatures.keys_command),
     "verify": (signatures.register_verify, verify),
     "apply": (_register_apply, apply),
+    "status": (_register_records, status),
+    "history": (_register_records, history),
     "fabric": (_register_fabric, fabric),
     "tap": (fabric_cli.register_tap, fabric_cli.run_tap),
 }
@@ -357,6 +394,8 @@ HELP = {
     "keys": "ed25519 keys: generate, sign-manifest, sign-token",
     "verify": "check a plan's signatures against the trust policy",
     "apply": "apply a plan file to the fabric's nodes in 2PC batches, rolling back on failure",
+    "status": "the controller's phase, revision, applied plan and last error",
+    "history": "every recorded apply: revision, plan id, outcome, duration and reason",
     "fabric": "run and inspect a fabric node (serve, status, wal verify)",
     "tap": "per-route flight windows from a running node (--flight 5s), as NDJSON",
 }

@@ -7,7 +7,8 @@ with every PREPARE, so nodes in strict mode can bind to it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import orjson
 
 from rtt_controller.core import plan as plan_mod
 from rtt_controller.reconcile import coordinator as coord
+from rtt_controller.reconcile import records
 from rtt_controller.signing import sidecar
 from rtt_fabric import steps, wal
 
@@ -35,19 +37,38 @@ def signed(plan_file: Path, data: Mapping[str, Any]) -> dict[str, Any] | None:
             "provenance": data["provenance"]}
 
 
-def apply_file(plan_file: Path, *, nodes: Mapping[str, coord.Node],
-               state: Path) -> coord.Result:
+_PHASE = {coord.Outcome.PROMOTED: records.Phase.CONVERGED,
+          coord.Outcome.ROLLED_BACK: records.Phase.ROLLED_BACK,
+          coord.Outcome.FAILED: records.Phase.FAILED}
+
+
+def apply_file(plan_file: Path, *, nodes: Mapping[str, coord.Node], state: Path,
+               clock: Callable[[], float] = time.time) -> coord.Result:
     """Load, check and apply one plan file with a coordinator whose WAL lives in `state`, and
-    which answers the nodes' in-doubt queries on `state/coordinator.sock` meanwhile."""
+    which answers the nodes' in-doubt queries on `state/coordinator.sock` meanwhile. The status
+    and the history in `state` record the apply (reconcile/records.py)."""
     data = orjson.loads(plan_file.read_bytes())
     plan = plan_mod.load(data)
-    state.mkdir(parents=True, exist_ok=True)
+    book = records.Records(state)
+    started, began = records.utc_now(clock), clock()
+    book.set_status(phase=records.Phase.APPLYING.value, plan_id=plan.plan_id,
+                    revision=plan.provenance.commit, since=started)
     with wal.Wal.open(state / "wal") as log:
         coordinator = coord.Coordinator(log=log, nodes=nodes)
         with coord.resolving(coordinator, state / "coordinator.sock"):
-            return coordinator.apply(plan_id=plan.plan_id, batches=batches(plan),
-                                     desired_hash=str(plan.content["desired_graph_hash"]),
-                                     signed_plan=signed(plan_file, data))
+            result = coordinator.apply(plan_id=plan.plan_id, batches=batches(plan),
+                                       desired_hash=str(plan.content["desired_graph_hash"]),
+                                       signed_plan=signed(plan_file, data))
+    phase = _PHASE[result.outcome]
+    book.set_status(phase=phase.value, since=records.utc_now(clock),
+                    applied_plan_id=plan.plan_id if phase is records.Phase.CONVERGED
+                    else book.status().get("applied_plan_id"),
+                    observed_graph_hash=result.observed_hash, last_error=result.reason or None)
+    book.append(records.Entry(revision=plan.provenance.commit, plan_id=plan.plan_id,
+                              outcome=result.outcome.value, started_at=started,
+                              duration_s=round(clock() - began, 3), batches=result.committed,
+                              reason=result.reason))
+    return result
 
 
 def parse_nodes(specs: Sequence[str]) -> dict[str, coord.Node]:
