@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rtt_controller.reconcile import records
+import pytest
+
+from rtt_controller.reconcile import applying, records
 
 
 def entry(n: int) -> records.Entry:
@@ -35,3 +37,12 @@ def test_a_torn_last_history_line_is_skipped(tmp_path: Path) -> None:
 
 def test_utc_now_reads_the_given_clock() -> None:
     assert records.utc_now(lambda: 0.0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_one_controller_per_state_directory(tmp_path: Path) -> None:
+    with applying.locked(tmp_path), pytest.raises(applying.Busy,
+                                                  match="another controller is using"), \
+            applying.locked(tmp_path):
+        pass
+    with applying.locked(tmp_path):  # released: the next one may take it
+        pass

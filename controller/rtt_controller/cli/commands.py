@@ -315,6 +315,8 @@ def apply(args: argparse.Namespace) -> int:
         return INVALID
     except KeyError as exc:  # a node the plan names has no --node
         raise UsageError(str(exc.args[0])) from None
+    except applying.Busy as exc:
+        raise UsageError(str(exc)) from None
     report = {"plan_id": result.plan_id, "outcome": result.outcome.value,
               "committed_batches": result.committed, "observed_graph_hash": result.observed_hash,
               "reason": result.reason}

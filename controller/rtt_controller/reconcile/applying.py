@@ -7,8 +7,11 @@ with every PREPARE, so nodes in strict mode can bind to it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,32 @@ def apply_file(plan_file: Path, *, nodes: Mapping[str, coord.Node], state: Path,
     and the history in `state` record the apply (reconcile/records.py)."""
     data = orjson.loads(plan_file.read_bytes())
     plan = plan_mod.load(data)
+    with locked(state):
+        return _apply(plan_file, data, plan, nodes=nodes, state=state, clock=clock)
+
+
+class Busy(Exception):
+    """Another controller holds this state directory."""
+
+
+@contextlib.contextmanager
+def locked(state: Path) -> Iterator[None]:
+    """One controller per state directory: an exclusive lock held for the whole apply."""
+    state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"{state}: another controller is using this state directory") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _apply(plan_file: Path, data: Mapping[str, Any], plan: plan_mod.Plan, *,
+           nodes: Mapping[str, coord.Node], state: Path,
+           clock: Callable[[], float]) -> coord.Result:
     book = records.Records(state)
     started, began = records.utc_now(clock), clock()
     book.set_status(phase=records.Phase.APPLYING.value, plan_id=plan.plan_id,
