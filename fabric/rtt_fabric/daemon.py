@@ -258,7 +258,7 @@ class Daemon:
             if request.op in ("attach", "detach", "register"):
                 return self._on_session(request, session)
             return dataplane.Push(session, protocol.ok(request.id, **self._dispatch(request)))
-        except (participant.Refused, dataplane.Refused) as exc:
+        except participant.Refused as exc:
             return dataplane.Push(session, protocol.error(request.id, exc.code, str(exc)))
         except OSError as exc:
             # A WAL write or fsync failed after the record may have reached the log: memory and

@@ -28,7 +28,7 @@ import socket
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
-from rtt_fabric import flight, graph, ring
+from rtt_fabric import flight, graph, participant, ring
 
 MAX_PAYLOAD = 64 * 1024 - 32  # the largest frame payload on a uds or tcp lane (fabric/FRAME.md)
 SHM_SLOT = 4096  # an shm slot holds one frame: payloads up to 4064 bytes
@@ -36,12 +36,6 @@ SHM_SLOT_PAYLOAD = SHM_SLOT - 32
 ROLES = ("pub", "sub")
 
 Session = Hashable
-
-
-class Refused(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +225,8 @@ class DataPlane:
         """Bind (saddr, role) to `session`; the reply carries the endpoint's lanes now."""
         holder = self.endpoints.get((saddr, role))
         if holder is not None and holder != session:
-            raise Refused("busy", f"{saddr} already has a {role} attached (SPSC: one per end)")
+            raise participant.Refused(
+                "busy", f"{saddr} already has a {role} attached (SPSC: one per end)")
         self.endpoints[(saddr, role)] = session
         for route in self.routes_of(saddr, role):
             route.delivered.pop(role, None)
@@ -240,7 +235,8 @@ class DataPlane:
 
     def detach(self, session: Session, saddr: str, role: str) -> list[Push]:
         if self.endpoints.get((saddr, role)) != session:
-            raise Refused("not-attached", f"{saddr} {role} is not attached by this session")
+            raise participant.Refused(
+                "not-attached", f"{saddr} {role} is not attached by this session")
         return self._release(saddr, role)
 
     def drop_session(self, session: Session) -> list[Push]:

@@ -14,10 +14,9 @@ import dataclasses
 import enum
 import math
 import mmap
-import os
 from collections.abc import Iterable, Mapping
 
-from rtt_fabric import _ring
+from rtt_fabric import _ring, ring
 
 SIZE = _ring.FLIGHT_SIZE
 BUCKETS = _ring.FLIGHT_BUCKETS
@@ -41,13 +40,7 @@ class BreakerState(enum.IntEnum):
 
 def create(route_id: int, *, name: str = "rtt-flight") -> tuple[int, mmap.mmap]:
     """A new, zeroed flight page in a memfd: (fd, writable mapping)."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, SIZE)
-        page = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    except BaseException:
-        os.close(fd)
-        raise
+    fd, page = ring.shared_file(SIZE, name)
     _ring.format_flight(page, route_id)
     return fd, page
 

@@ -116,7 +116,7 @@ class Participant:
             return Vote(False, reason)
         self._crash("prepare.before_log")
         record = {"txid": txid, "plan_id": plan_id, "reserved": reserved,
-                  "steps": [_step_json(s) for s in batch]}
+                  "steps": [steps.to_json(s) for s in batch]}
         self._log(Kind.PREPARED, record, sync=True)
         self._crash("prepare.after_log")
         return Vote(True)
@@ -257,7 +257,7 @@ class Participant:
         elif kind is Kind.PREPARED:
             self.prepared[record["txid"]] = Prepared(
                 plan_id=record["plan_id"], reserved=record["reserved"],
-                steps=tuple(_step_from_json(s) for s in record["steps"]))
+                steps=tuple(steps.from_json(s) for s in record["steps"]))
         elif kind is Kind.COMMIT:
             held = self.prepared.pop(record["txid"])
             self._account(held.steps, sign=-1, links=self.graph.links)
@@ -304,7 +304,7 @@ class Participant:
             "symbols": {saddr: {"service": s.service, "versions": sorted(s.versions),
                                 "lanes": sorted(s.lanes)} for saddr, s in self.symbols.items()},
             "prepared": {txid: {"plan_id": p.plan_id, "reserved": p.reserved,
-                                "steps": [_step_json(s) for s in p.steps]}
+                                "steps": [steps.to_json(s) for s in p.steps]}
                          for txid, p in self.prepared.items()},
             "decided": list(self.decided.items()),
         })
@@ -322,7 +322,7 @@ class Participant:
                                          lanes=frozenset(s["lanes"]))
             self.services[s["service"]] = (*self.services.get(s["service"], ()), saddr)
         self.prepared = {txid: Prepared(plan_id=p["plan_id"], reserved=p["reserved"],
-                                        steps=tuple(_step_from_json(s) for s in p["steps"]))
+                                        steps=tuple(steps.from_json(s) for s in p["steps"]))
                          for txid, p in state["prepared"].items()}
         self.decided = collections.OrderedDict((t, d) for t, d in state["decided"])
 
@@ -336,14 +336,3 @@ def _ring(link: graph.Link, node: str) -> int:
 def _show(step: steps.Step) -> str:
     return f"{step.op.value} {step.link.from_} -> {step.link.to} ({step.link.cls})"
 
-
-def _step_json(step: steps.Step) -> dict[str, Any]:
-    out: dict[str, Any] = {"op": step.op.value, "link": step.link.to_json()}
-    if step.old is not None:
-        out["old"] = step.old.to_json()
-    return out
-
-
-def _step_from_json(data: Mapping[str, Any]) -> steps.Step:
-    old = graph.Link.from_json(data["old"]) if data.get("old") else None
-    return steps.Step(steps.Op(data["op"]), graph.Link.from_json(data["link"]), old)

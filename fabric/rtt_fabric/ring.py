@@ -31,6 +31,7 @@ __all__ = [
     "recv_fd",
     "ring_bytes",
     "send_fd",
+    "shared_file",
     "slot_size_for",
 ]
 
@@ -97,6 +98,17 @@ def slot_size_for(max_payload: int) -> int:
     return -(-(max_payload + _ring.FRAME_HEADER) // 64) * 64
 
 
+def shared_file(size: int, name: str) -> tuple[int, mmap.mmap]:
+    """A new memfd of `size` bytes, mapped shared and writable: (fd, mapping)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        return fd, mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def create(*, slot_count: int, max_payload: int, doorbell: bool = True,
            shared_doorbell: int | None = None, name: str = "rtt-ring") -> RingMap:
     """Create a formatted ring in a new memfd, with a new eventfd doorbell (unless
@@ -105,14 +117,7 @@ def create(*, slot_count: int, max_payload: int, doorbell: bool = True,
     Raises ValueError when `slot_count` is not a power of two.
     """
     slot_size = slot_size_for(max_payload)
-    size = ring_bytes(slot_count=slot_count, slot_size=slot_size)
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, size)
-        mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    except BaseException:
-        os.close(fd)
-        raise
+    fd, mapping = shared_file(ring_bytes(slot_count=slot_count, slot_size=slot_size), name)
     try:
         _ring.format(mapping, slot_count, slot_size)
     except BaseException:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from rtt_fabric import graph
 
@@ -44,6 +45,19 @@ class Step:
             return Step(Op.ADD, self.link)
         assert self.old is not None
         return Step(Op.UPDATE, self.old, self.link)
+
+
+def to_json(step: Step) -> dict[str, Any]:
+    """A step as PREPARE and the WAL carry it: op, link, and old (update only)."""
+    out: dict[str, Any] = {"op": step.op.value, "link": step.link.to_json()}
+    if step.old is not None:
+        out["old"] = step.old.to_json()
+    return out
+
+
+def from_json(data: Mapping[str, Any]) -> Step:
+    old = graph.Link.from_json(data["old"]) if data.get("old") else None
+    return Step(Op(data["op"]), graph.Link.from_json(data["link"]), old)
 
 
 def step_ids(ordered: Iterable[Step]) -> list[str]:

@@ -9,7 +9,7 @@ back too. The model of record is spec/tla/RTT.tla (CoordPrepare, CoordLogCommit,
 CoordAbort, Verify, Rollback, CoordRecover).
 
 Participants that are in doubt ask `resolve(txid)` (the daemon's `--coordinator` socket, served
-by `serve_resolve`): a logged decision is answered from the log; the transaction in flight is
+by `resolving`): a logged decision is answered from the log; the transaction in flight is
 aborted first (logged) and then answered "abort", so it can never commit afterwards; anything
 else is presumed aborted. Called by the reconcile loop; tests drive it directly.
 """
@@ -75,13 +75,6 @@ class SocketNode:
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         with Client(self.path, timeout_s=self.timeout_s) as client:
             return client.call(op, **fields)
-
-
-def _step_json(step: steps.Step) -> dict[str, Any]:
-    out: dict[str, Any] = {"op": step.op.value, "link": step.link.to_json()}
-    if step.old is not None:
-        out["old"] = step.old.to_json()
-    return out
 
 
 class Coordinator:
@@ -179,7 +172,7 @@ class Coordinator:
             extra = {"plan": dict(signed_plan)} if signed_plan is not None else {}
             try:
                 vote = self.nodes[name].call("prepare", txid=txid, plan_id=plan_id,
-                                             steps=[_step_json(s) for s in part], **extra)
+                                             steps=[steps.to_json(s) for s in part], **extra)
             except (OSError, ClientError, ConnectionError) as exc:
                 reason = f"{name}: no vote ({exc})"
                 break
@@ -233,7 +226,8 @@ class Coordinator:
         return graph.Graph.of(links.values()).hash
 
 
-def serve_resolve(coordinator: Coordinator, path: Path) -> Iterator[None]:
+@contextlib.contextmanager
+def resolving(coordinator: Coordinator, path: Path) -> Iterator[None]:
     """Answer the nodes' `resolve` requests on a Unix socket (the daemons' `--coordinator`)
     while the context is open."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -274,5 +268,3 @@ def serve_resolve(coordinator: Coordinator, path: Path) -> Iterator[None]:
             path.unlink()
         thread.join(5)
 
-
-resolving = contextlib.contextmanager(serve_resolve)
