@@ -1,5 +1,6 @@
 # The two entry points of the README. Everything they need is installed from hash-pinned locks.
-#   make run    set up, then validate and plan the shipped example (desired/ + policies/)
+#   make run    set up, then run the embedded default: a local repo made from desired/ +
+#               policies/, a local two-node fabric, the controller; converge, status, stop
 #   make test   set up, then lint, type-check, check layer contracts and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,8 +24,7 @@ cue/node_modules/.package-lock.json: cue/package-lock.json
 	npm ci --prefix cue --no-audit --no-fund --loglevel=error
 
 run: $(VENV)/.runtime
-	$(BIN)/rtt validate
-	$(BIN)/rtt plan
+	$(BIN)/rtt up
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

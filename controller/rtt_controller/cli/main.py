@@ -13,23 +13,26 @@ import traceback
 from collections.abc import Mapping, Sequence
 
 from rtt_controller import __version__
-from rtt_controller.cli import commands
+from rtt_controller.cli import commands, controlling
 from rtt_controller.cli.exits import INTERNAL, USAGE, UsageError
+
+COMMANDS = {**commands.COMMANDS, **controlling.COMMANDS}
+HELP = {**commands.HELP, **controlling.HELP}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtt", description="GitOps controller for RTT fabrics")
     parser.add_argument("--version", action="version", version=f"rtt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (register, _) in commands.COMMANDS.items():
-        register(sub.add_parser(name, help=commands.HELP[name]))
+    for name, (register, _) in COMMANDS.items():
+        register(sub.add_parser(name, help=HELP[name]))
     return parser
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
     args = _parser().parse_args(argv)
-    _, run = commands.COMMANDS[args.command]
+    _, run = COMMANDS[args.command]
     # Planning builds large, acyclic values; the cyclic GC's repeated full passes over a
     # 100k-route state cost more than the plan itself (bench/planner.py: about 21 s -> 12 s).
     # These commands run once and exit, so they pause it; a long-running caller freezes instead.

@@ -232,6 +232,13 @@ class Rollout(Frozen):
         return value
 
 
+class Reconcile(Frozen):
+    """How the controller's loop treats the live fabric between commits."""
+
+    # heal: a fabric that drifts from the last applied graph is put back; detect: only recorded.
+    drift: Literal["heal", "detect"] = "heal"
+
+
 Text = Annotated[str, pydantic.StringConstraints(min_length=1)]
 # rtt_fabric.trust.decode_public_key reads this: 'ed25519:' + base64 of the raw 32-byte key.
 Ed25519Key = Annotated[str, pydantic.StringConstraints(pattern=r"^ed25519:[A-Za-z0-9+/]{43}=$")]
@@ -312,6 +319,7 @@ class Policy(Frozen):
     lanes: dict[Lane, LaneModel] = pydantic.Field(default_factory=lambda: dict(DEFAULT_LANE_MODELS))
     rollout: Rollout = Rollout()
     trust: Trust = Trust()
+    reconcile: Reconcile = Reconcile()
 
 
 POLICY_KEYS = tuple(Policy.model_fields)

@@ -23,7 +23,9 @@ class DesiredState:
 
 
 def policy_hash(policy: model.Policy) -> str:
-    return canonical.digest(policy.model_dump(mode="json", by_alias=True))
+    """The policy's part of the plan id. `reconcile` is left out: it tells the loop how to treat
+    drift, and changes no plan."""
+    return canonical.digest(policy.model_dump(mode="json", by_alias=True, exclude={"reconcile"}))
 
 
 def assemble(files: Iterable[ParsedFile]) -> tuple[DesiredState, list[Finding]]:

@@ -56,6 +56,7 @@ class Result:
     committed: int  # forward batches committed before the end
     reason: str = ""
     observed_hash: str = ""
+    transient: bool = False  # refused for a passing cause (a node unreachable or in doubt)
 
 
 class Node(Protocol):
@@ -77,6 +78,18 @@ class SocketNode:
             return client.call(op, **fields)
 
 
+@dataclasses.dataclass
+class OpenPlan:
+    """A plan the log shows begun and not ended: where a restarted coordinator picks it up."""
+
+    plan_id: str
+    batches: int
+    desired_hash: str
+    committed: set[int] = dataclasses.field(default_factory=set)  # forward batches committed
+    undone: set[int] = dataclasses.field(default_factory=set)  # their inverses committed
+    rolling_back: bool = False  # a forward batch was aborted: only undoing remains
+
+
 class Coordinator:
     def __init__(self, *, log: wal.Wal, nodes: Mapping[str, Node],
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -84,17 +97,35 @@ class Coordinator:
         self._lock = threading.Lock()  # decisions vs. resolve requests from the nodes
         self.decided: dict[str, str] = {}
         self.epoch = 0
+        self.open_plan: OpenPlan | None = None
         for record in log.replay():
             self._replay(record.kind, orjson.loads(record.payload))
         self.epoch += 1
         self._log(Kind.START, {"epoch": self.epoch})
-        self._in_flight: str | None = None
+        self._in_flight: tuple[str, dict[str, Any]] | None = None
 
     def _replay(self, kind: int, record: dict[str, Any]) -> None:
         if kind == Kind.START:
             self.epoch = max(self.epoch, int(record["epoch"]))
+        elif kind == Kind.BEGIN:
+            self.open_plan = OpenPlan(record["plan_id"], int(record["batches"]),
+                                      record["desired_hash"])
+        elif kind == Kind.END:
+            self.open_plan = None
         elif kind in (Kind.COMMIT, Kind.ABORT):
             self.decided[record["txid"]] = "commit" if kind == Kind.COMMIT else "abort"
+            self._track(kind, record)
+
+    def _track(self, kind: int, record: Mapping[str, Any]) -> None:
+        """Follow the open plan's position from its decisions (forward commits, inverses)."""
+        plan = self.open_plan
+        if plan is None or record.get("plan_id") != plan.plan_id:
+            return
+        batch, direction = int(record["batch"]), record["dir"]
+        if kind == Kind.COMMIT:
+            (plan.committed if direction == "f" else plan.undone).add(batch)
+        elif direction == "f":
+            plan.rolling_back = True
 
     def _log(self, kind: Kind, record: dict[str, Any]) -> None:
         self._wal.append(int(kind), orjson.dumps(record))
@@ -106,78 +137,137 @@ class Coordinator:
         with self._lock:
             if txid in self.decided:
                 return self.decided[txid]
-            if txid == self._in_flight:  # decide now, durably, so it can never commit later
-                self._decide(txid, "abort")
+            if self._in_flight is not None and txid == self._in_flight[0]:
+                self._decide(*self._in_flight, "abort")  # durably, so it can never commit later
             return "abort"  # presumed abort: never logged as committed
 
-    def _decide(self, txid: str, decision: str) -> None:
-        self._log(Kind.COMMIT if decision == "commit" else Kind.ABORT, {"txid": txid})
+    def _decide(self, txid: str, where: Mapping[str, Any], decision: str) -> None:
+        self._log(Kind.COMMIT if decision == "commit" else Kind.ABORT, {"txid": txid, **where})
         self.decided[txid] = decision
+        self._track(Kind.COMMIT if decision == "commit" else Kind.ABORT, where)
+
+    def settle(self) -> list[tuple[str, str, str]]:
+        """Recovery's first step: ask every node what it holds in doubt and tell it the logged
+        decision, or abort (presumed: this epoch never decides an older one's transaction).
+        A node in doubt refuses every new vote, so this comes before any apply. Returns
+        (node, txid, decision) for each one settled; an unreachable node is left to ask."""
+        settled = []
+        for name in sorted(self.nodes):
+            try:
+                doubtful = self.nodes[name].call("status").get("in_doubt", [])
+            except (OSError, ClientError, ConnectionError):
+                continue
+            for txid in doubtful:
+                decision = self.resolve(str(txid))
+                self._deliver(name, decision, str(txid))
+                settled.append((name, str(txid), decision))
+        return settled
 
     # --- apply -----------------------------------------------------------------------------------
 
     def apply(self, *, plan_id: str, batches: Sequence[Sequence[steps.Step]], desired_hash: str,
-              signed_plan: Mapping[str, Any] | None = None) -> Result:
+              signed_plan: Mapping[str, Any] | None = None,
+              on_verify: Callable[[], None] | None = None) -> Result:
         """Run every batch forward; on a NACK or a failed verify, undo what was committed."""
+        if self.open_plan is not None:
+            raise RuntimeError(f"plan {self.open_plan.plan_id} is still open: resume it first")
         self._log(Kind.BEGIN, {"plan_id": plan_id, "batches": len(batches),
                                "desired_hash": desired_hash})
-        done: list[Sequence[steps.Step]] = []
-        for index, batch in enumerate(batches):
-            txid = self._txid(plan_id, "f", index)
-            ok, reason = self._transaction(txid, plan_id, batch, signed_plan)
-            if not ok:
-                return self._roll_back(plan_id, done, f"batch {index + 1} of {len(batches)}: "
-                                                      f"{reason}")
-            done.append(batch)
-        observed = self.observed_hash()
-        if observed != desired_hash:
-            return self._roll_back(plan_id, done, f"verify: observed {observed}, desired "
-                                                  f"{desired_hash}")
-        self._log(Kind.END, {"plan_id": plan_id, "outcome": Outcome.PROMOTED.value})
-        return Result(Outcome.PROMOTED, plan_id, len(done), observed_hash=observed)
+        self.open_plan = OpenPlan(plan_id, len(batches), desired_hash)
+        return self._drive(self.open_plan, batches, signed_plan, on_verify)
 
-    def _roll_back(self, plan_id: str, done: Sequence[Sequence[steps.Step]],
-                   reason: str) -> Result:
+    def resume(self, batches: Sequence[Sequence[steps.Step]],
+               signed_plan: Mapping[str, Any] | None = None,
+               on_verify: Callable[[], None] | None = None) -> Result:
+        """Finish the plan a crash interrupted (spec: CoordRecover, then the plan position read
+        back from the log): forward from the first undecided batch, or, if a batch of it was
+        aborted, undo the committed ones. `batches` are the open plan's own."""
+        plan = self.open_plan
+        if plan is None:
+            raise RuntimeError("no plan is open")
+        if len(batches) != plan.batches:
+            raise ValueError(f"plan {plan.plan_id} has {plan.batches} batches, not {len(batches)}")
+        return self._drive(plan, batches, signed_plan, on_verify)
+
+    def _drive(self, plan: OpenPlan, batches: Sequence[Sequence[steps.Step]],
+               signed_plan: Mapping[str, Any] | None,
+               on_verify: Callable[[], None] | None) -> Result:
+        total = len(batches)
+        if plan.rolling_back:
+            return self._roll_back(plan, batches, "resumed after a restart: the plan was "
+                                                  "rolling back", transient=False)
+        for index in range(total):
+            if index in plan.committed:
+                continue
+            txid = self._txid(plan.plan_id, "f", index)
+            ok, reason, transient = self._transaction(
+                txid, {"plan_id": plan.plan_id, "dir": "f", "batch": index}, batches[index],
+                signed_plan)
+            if not ok:
+                plan.rolling_back = True
+                return self._roll_back(plan, batches, f"batch {index + 1} of {total}: {reason}",
+                                       transient=transient)
+        if on_verify is not None:
+            on_verify()
+        observed = self.observed_hash()
+        if observed != plan.desired_hash:
+            plan.rolling_back = True
+            return self._roll_back(plan, batches, f"verify: observed {observed}, desired "
+                                                  f"{plan.desired_hash}", transient=False)
+        self._end(plan, Outcome.PROMOTED)
+        return Result(Outcome.PROMOTED, plan.plan_id, len(plan.committed), observed_hash=observed)
+
+    def _end(self, plan: OpenPlan, outcome: Outcome, reason: str = "") -> None:
+        self._log(Kind.END, {"plan_id": plan.plan_id, "outcome": outcome.value,
+                             **({"reason": reason} if reason else {})})
+        self.open_plan = None
+
+    def _roll_back(self, plan: OpenPlan, batches: Sequence[Sequence[steps.Step]], reason: str,
+                   *, transient: bool) -> Result:
         """Inverses of the committed batches, newest first; an inverse is retried, since the
         fabric must not refuse what it served a moment ago (spec/invariants.md)."""
-        for index in reversed(range(len(done))):
-            inverse = [step.inverse() for step in reversed(done[index])]
+        committed = len(plan.committed)
+        for index in sorted(plan.committed - plan.undone, reverse=True):
+            inverse = [step.inverse() for step in reversed(batches[index])]
             for attempt in range(5):
-                txid = self._txid(plan_id, "r", index, attempt)
-                ok, why = self._transaction(txid, plan_id, inverse, None)
+                txid = self._txid(plan.plan_id, "r", index, attempt)
+                ok, why, _ = self._transaction(
+                    txid, {"plan_id": plan.plan_id, "dir": "r", "batch": index}, inverse, None)
                 if ok:
                     break
                 self._sleep(0.05 * 2 ** attempt)
             else:
-                self._log(Kind.END, {"plan_id": plan_id, "outcome": Outcome.FAILED.value,
-                                     "reason": f"{reason}; undoing batch {index + 1}: {why}"})
-                return Result(Outcome.FAILED, plan_id, len(done),
-                              f"{reason}; undoing batch {index + 1} failed: {why}")
-        self._log(Kind.END, {"plan_id": plan_id, "outcome": Outcome.ROLLED_BACK.value,
-                             "reason": reason})
-        return Result(Outcome.ROLLED_BACK, plan_id, len(done), reason, self.observed_hash())
+                failed = f"{reason}; undoing batch {index + 1} failed: {why}"
+                self._end(plan, Outcome.FAILED, failed)
+                return Result(Outcome.FAILED, plan.plan_id, committed, failed)
+        self._end(plan, Outcome.ROLLED_BACK, reason)
+        return Result(Outcome.ROLLED_BACK, plan.plan_id, committed, reason, self.observed_hash(),
+                      transient=transient)
 
     def _txid(self, plan_id: str, direction: str, batch: int, attempt: int = 0) -> str:
         return f"{plan_id[7:23]}.e{self.epoch}.{direction}{batch}" + (
             f".{attempt}" if attempt else "")
 
-    def _transaction(self, txid: str, plan_id: str, batch: Sequence[steps.Step],
-                     signed_plan: Mapping[str, Any] | None) -> tuple[bool, str]:
-        """One 2PC round. Returns (committed, why not)."""
+    def _transaction(self, txid: str, where: dict[str, Any], batch: Sequence[steps.Step],
+                     signed_plan: Mapping[str, Any] | None) -> tuple[bool, str, bool]:
+        """One 2PC round for the batch `where` names (plan_id, dir "f" or "r", batch index).
+        Returns (committed, why not, whether the cause is passing)."""
         slices = self._slices(batch)
+        plan_id = where["plan_id"]
         with self._lock:
-            self._in_flight = txid
-        prepared, reason = [], ""
+            self._in_flight = (txid, where)
+        prepared, reason, transient = [], "", False
         for name, part in slices.items():
             extra = {"plan": dict(signed_plan)} if signed_plan is not None else {}
             try:
                 vote = self.nodes[name].call("prepare", txid=txid, plan_id=plan_id,
                                              steps=[steps.to_json(s) for s in part], **extra)
             except (OSError, ClientError, ConnectionError) as exc:
-                reason = f"{name}: no vote ({exc})"
+                reason, transient = f"{name}: no vote ({exc})", True
                 break
             if vote.get("vote") != "ack":
                 reason = f"{name}: {vote.get('reason', 'nack')}"
+                transient = "prepared and undecided" in reason
                 break
             prepared.append(name)
         with self._lock:
@@ -185,12 +275,12 @@ class Coordinator:
             decision = self.decided.get(txid)  # a node may have asked, and been told abort
             if decision is None:
                 decision = "commit" if not reason and len(prepared) == len(slices) else "abort"
-                self._decide(txid, decision)
+                self._decide(txid, where, decision)
         if decision == "abort":
             reason = reason or "a node in doubt was told abort"
         for name in prepared if decision == "abort" else slices:
             self._deliver(name, "commit" if decision == "commit" else "abort", txid)
-        return decision == "commit", reason
+        return decision == "commit", reason, transient
 
     def _deliver(self, name: str, op: str, txid: str) -> None:
         """Send a logged decision until the node takes it (a node that restarts in doubt asks
@@ -215,15 +305,18 @@ class Coordinator:
 
     # --- verify ----------------------------------------------------------------------------------
 
-    def observed_hash(self) -> str:
-        """The hash of the fabric's graph: every node's committed links, each link once."""
+    def observed(self) -> graph.Graph:
+        """The fabric's graph: every node's committed links, each link once."""
         links: dict[graph.LinkKey, graph.Link] = {}
         for name in sorted(self.nodes):
             reply = self.nodes[name].call("get_graph")
             for item in reply["graph"]["links"]:
                 link = graph.Link.from_json(item)
                 links[link.key] = link
-        return graph.Graph.of(links.values()).hash
+        return graph.Graph.of(links.values())
+
+    def observed_hash(self) -> str:
+        return self.observed().hash
 
 
 @contextlib.contextmanager
@@ -263,6 +356,8 @@ def resolving(coordinator: Coordinator, path: Path) -> Iterator[None]:
         yield
     finally:
         stop.set()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(); close() alone does not
         listener.close()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -1,0 +1,156 @@
+"""The embedded default: a local fabric and a local git repository, for `rtt up`.
+
+`rtt up` copies the shipped desired/ and policies/ into a new git repository (the real git CLI),
+starts one node daemon per policy node (real processes on Unix sockets, asking the controller's
+resolve socket about anything in doubt), registers the services that desired/symbols names on
+their nodes (what the services themselves do when they start), and runs the loop with a key of
+its own until the fabric converges. It then prints the status and stops everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rtt_controller import solvers
+from rtt_controller.core import inventory, planner, versions
+from rtt_controller.reconcile import coordinator as coord
+from rtt_controller.signing import keys
+from rtt_controller.source import directory
+from rtt_controller.source.snapshot import ParseCache
+from rtt_fabric.client import Client
+
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "rtt up", "GIT_AUTHOR_EMAIL": "rtt-up@localhost",
+                "GIT_COMMITTER_NAME": "rtt up", "GIT_COMMITTER_EMAIL": "rtt-up@localhost"}
+
+
+class SetupError(Exception):
+    """The embedded fabric could not be set up (the message says which step and why)."""
+
+
+def git(repo: Path, *args: str) -> str:
+    try:
+        done = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                              text=True, env={**os.environ, **GIT_IDENTITY}, timeout=60)
+    except subprocess.CalledProcessError as exc:
+        raise SetupError(f"git {' '.join(args)}: {exc.stderr.strip()}") from None
+    return done.stdout.strip()
+
+
+def make_repo(source: Path, repo: Path) -> str:
+    """A new repository at `repo` holding `source`'s desired/ and policies/, committed on
+    main. Returns the commit id."""
+    for part in ("desired", "policies"):
+        if not (source / part).is_dir():
+            raise SetupError(f"{source}: no {part}/ folder to start from")
+    repo.mkdir(parents=True)
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    for part in ("desired", "policies"):
+        shutil.copytree(source / part, repo / part)
+    git(repo, "add", "desired", "policies")
+    git(repo, "commit", "--quiet", "-m", "desired state from the shipped example")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def desired_state(repo: Path, solver: str) -> planner.Desired:
+    """The validated desired state of `repo`'s working tree with its placement chosen
+    (planner.Rejected if invalid)."""
+    return planner.desired_graph(directory.snapshot(repo, ParseCache()).files,
+                                 base=inventory.EMPTY, solve=solvers.solver(solver),
+                                 backend=solver)
+
+
+def manifests(desired: planner.Desired) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """node -> service -> the symbols it registers there: each symbol on the node the plan
+    places it (a pinned `node`, else the planner's choice; the first policy node for a symbol
+    no route uses). The service is the saddr's first segment (rtt://<service>/...)."""
+    first = desired.state.policy.nodes[0].name
+    placed = desired.assignment.placement
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for entry in desired.state.symbols.values():
+        sym = entry.value
+        service = sym.saddr.split("/")[2]
+        node = placed.get(sym.saddr) or sym.node or first
+        out.setdefault(node, {}).setdefault(service, []).append({
+            "saddr": sym.saddr, "type": sym.type,
+            "versions": [versions.render(v) for v in sym.offered()], "caps": list(sym.caps),
+            "lanes": [str(lane) for lane in sym.lanes]})
+    return out
+
+
+class Node:
+    """One `rtt fabric serve` process of the embedded fabric."""
+
+    def __init__(self, name: str, root: Path, coordinator: Path) -> None:
+        self.name, self.root = name, root
+        self.socket = root / "fabric.sock"
+        root.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "rtt_controller.cli.main", "fabric", "serve",
+                "--state", str(root / "state"), "--socket", str(self.socket), "--node", name,
+                "--coordinator", str(coordinator), "--data-listen", "off",
+                "--in-doubt-after", "1"]
+        self.log = root / "daemon.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SetupError(f"node {self.name} exited ({self.proc.returncode}); "
+                                 f"see {self.log}")
+            with contextlib.suppress(OSError, ConnectionError), \
+                    Client(self.socket, timeout_s=1) as client:
+                client.call("status")
+                return
+            time.sleep(0.05)
+        raise SetupError(f"node {self.name} not ready after {timeout_s:.0f} s; see {self.log}")
+
+    def register(self, services: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+        with Client(self.socket, timeout_s=10) as client:
+            for service, symbols in sorted(services.items()):
+                client.call("register", service=service, symbols=list(symbols))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def fabric(root: Path, names: Sequence[str], coordinator: Path) -> Iterator[dict[str, Node]]:
+    """Start a node daemon per name; stop them all on the way out, whatever happened."""
+    nodes: dict[str, Node] = {}
+    try:
+        for name in names:
+            nodes[name] = Node(name, root / name, coordinator)
+        for node in nodes.values():
+            node.wait_ready()
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def participants(nodes: Mapping[str, Node]) -> dict[str, coord.Node]:
+    return {name: coord.SocketNode(name, node.socket) for name, node in nodes.items()}
+
+
+def controller_key(folder: Path) -> Path:
+    """The embedded controller's signing key, made on first use."""
+    key = folder / "controller.key"
+    if not key.exists():
+        keys.generate("controller", folder)
+    return key

@@ -1,0 +1,501 @@
+"""The GitOps loop: watch a branch, plan against the live fabric, sign, apply, verify, heal drift.
+
+Level-triggered: each pass reads the branch's head and the fabric's observed graph and plans the
+one from the other, so a burst of commits costs one pass for the newest, a missed event costs
+nothing but the resync interval, and a restart needs no event log. A pass ends in one of:
+
+- converged: observed == desired (nothing to do, or a plan promoted);
+- rolled back / failed: the coordinator undid the plan; the revision is not retried until the
+  branch moves, unless the cause was passing (a node unreachable or in doubt);
+- invalid: the revision's desired state is rejected (file:line:rule in the status); terminal for
+  that revision, nothing applied;
+- drift: the fabric left the last applied graph while the branch stood still; healed, or only
+  recorded when policy says `reconcile: {drift: detect}`.
+
+Transient errors (a fetch, a node) are retried with capped, jittered backoff. The loop owns the
+state directory (one controller per directory, `applying.locked`): the coordinator's WAL, the
+plans it applied with their signatures (`plans/`), status and history (records.py). At start it
+settles what the nodes hold in doubt and finishes the plan a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import random
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pygit2
+import watchfiles
+
+from rtt_controller import solvers
+from rtt_controller.core import inventory, loading, model, planner
+from rtt_controller.core import plan as plan_mod
+from rtt_controller.reconcile import applying, records, telemetry
+from rtt_controller.reconcile import coordinator as coord
+from rtt_controller.signing import keys, sidecar
+from rtt_controller.source import commits, gitrepo
+from rtt_controller.source.snapshot import ParseCache, Snapshot
+from rtt_fabric import envelope, trust, wal
+from rtt_fabric.client import ClientError
+
+Say = Callable[[str], None]
+
+
+class Outcome(enum.StrEnum):
+    CONVERGED = "converged"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled-back"
+    FAILED = "failed"
+    INVALID = "invalid"
+    DRIFT_DETECTED = "drift-detected"
+    WAITING = "waiting"  # a revision already judged (invalid or rolled back): nothing to do
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """What one reconcile pass did."""
+
+    outcome: Outcome
+    revision: str
+    plan_id: str = ""
+    observed_hash: str = ""
+    reason: str = ""
+
+
+class Transient(Exception):
+    """A cause that may pass (a fetch, an unreachable node): retry the pass with backoff."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    repo: str  # a local repository (or a folder in one), or a URL to mirror and fetch
+    state: Path
+    nodes: Mapping[str, coord.Node]
+    branch: str = "main"
+    sign_key: Path | None = None  # ed25519 key that signs each plan; None: unsigned
+    solver: str = "cbc"
+    resync_s: float = 30.0  # a pass at least this often, events or not
+    debounce_ms: int = 20  # ref events closer than this are one wake-up
+    backoff_s: tuple[float, float] = (0.2, 30.0)  # first and largest retry delay
+
+
+def is_url(repo: str) -> bool:
+    return "://" in repo or (":" in repo and not Path(repo).exists() and "@" in repo)
+
+
+class Loop:
+    def __init__(self, settings: Settings, *, say: Say = lambda _: None,
+                 otel: telemetry.Telemetry | None = None) -> None:
+        self.settings, self.say = settings, say
+        self.otel = otel or telemetry.Telemetry()
+        self.state = settings.state
+        self.book = records.Records(self.state)
+        self.plans = self.state / "plans"
+        self.cache = ParseCache()
+        self.memo = planner.Memo()
+        self.wake = threading.Event()
+        self.coordinator: coord.Coordinator | None = None
+        self._signer = keys.load(settings.sign_key) if settings.sign_key else None
+
+    # --- the source ------------------------------------------------------------------------------
+
+    @property
+    def mirror(self) -> Path:
+        return self.state / "source.git"
+
+    def _local(self) -> Path:
+        return self.mirror if is_url(self.settings.repo) else Path(self.settings.repo)
+
+    def _fetch(self) -> None:
+        """Mirror a remote repository into the state directory, then fetch it (the real git
+        CLI, so credentials and transports are git's own)."""
+        url = self.settings.repo
+        if not (self.mirror / "HEAD").exists():
+            argv = ["git", "clone", "--quiet", "--mirror", url, str(self.mirror)]
+        else:
+            argv = ["git", "-C", str(self.mirror), "fetch", "--quiet", "--prune", "origin"]
+        try:
+            subprocess.run(argv, check=True, capture_output=True, timeout=120)
+        except subprocess.CalledProcessError as exc:
+            raise Transient(f"git {argv[3] if argv[1] == '-C' else 'clone'} {url}: "
+                            f"{exc.stderr.decode(errors='replace').strip()}") from None
+        except subprocess.TimeoutExpired:
+            raise Transient(f"fetching {url}: timed out after 120 s") from None
+
+    def _head(self) -> tuple[pygit2.Repository, str, str]:
+        """The repository, the branch's head commit id, and the folder of it to read."""
+        local = self._local()
+        try:
+            repo = gitrepo.open_repo(local)
+            head = gitrepo.resolve(repo, f"refs/heads/{self.settings.branch}")
+        except gitrepo.SourceError as exc:
+            raise Transient(str(exc)) from None
+        return repo, str(head.id), gitrepo.prefix_of(repo, local) if repo.workdir else ""
+
+    # --- one pass --------------------------------------------------------------------------------
+
+    def reconcile(self) -> Pass:
+        """One level-triggered pass; raises Transient when it should be retried."""
+        began = time.monotonic()
+        with self.otel.phase("reconcile") as span:
+            try:
+                done = self._reconcile()
+            finally:
+                self.otel.reconcile_s.record(time.monotonic() - began)
+            span.set_attribute("rtt.outcome", done.outcome.value)
+            span.set_attribute("rtt.revision", done.revision)
+            return done
+
+    def _reconcile(self) -> Pass:
+        if is_url(self.settings.repo):
+            with self.otel.phase("fetch"):
+                self._fetch()
+        repo, head, prefix = self._head()
+        status = self.book.status()
+        if status.get("watched_revision") != head:
+            self.book.set_status(watched_revision=head)
+            status["watched_revision"] = head
+        observed = self._observed()
+        if status.get("judged_revision") == head:
+            # Rejected or rolled back at this revision: wait for the branch to move. The drift
+            # check still runs against what was last applied.
+            if observed.hash == status.get("desired_graph_hash") or not status.get("revision"):
+                return Pass(Outcome.WAITING, head, observed_hash=observed.hash,
+                            reason=str(status.get("last_error") or ""))
+            return self._drift(status, observed, head)
+        return self._plan_and_apply(repo, head, prefix, status, observed)
+
+    def _plan_and_apply(self, repo: pygit2.Repository, head: str, prefix: str,
+                        status: dict[str, Any], observed: inventory.Graph) -> Pass:
+        self.book.set_status(phase=records.Phase.PLANNING.value, since=records.utc_now(time.time))
+        with self.otel.phase("plan", revision=head):
+            try:
+                snap = gitrepo.snapshot(repo, head, self.cache, prefix=prefix)
+            except gitrepo.SourceError as exc:
+                return self._judged(head, Outcome.INVALID, "", str(exc), observed)
+            try:
+                result = planner.make_plan(
+                    snap.files, base=observed, solve=solvers.solver(self.settings.solver),
+                    backend=self.settings.solver, memo=self.memo,
+                    origin=plan_mod.Provenance(repo=snap.repo, commit=snap.commit,
+                                               created_at=snap.created_at, backend=""))
+            except planner.Rejected as exc:
+                return self._invalid(head, snap, exc.findings)
+        policy = result.desired.state.policy
+        refused = self._commit_signatures(repo, head, policy.trust, status)
+        if refused:
+            return self._judged(head, Outcome.INVALID, result.plan.plan_id, refused, observed)
+        built = result.plan
+        if built.empty:
+            return self._converged(head, built, observed, status)
+        drifting = (status.get("revision") == head and status.get("phase") ==
+                    records.Phase.CONVERGED.value and observed.hash != status.get(
+                        "desired_graph_hash"))
+        if drifting and policy.reconcile.drift == "detect":
+            return self._drift(status, observed, head)
+        if drifting:
+            self._record_drift(status, observed, head, healing=True)
+        return self._apply(head, built, drift=drifting)
+
+    def _observed(self) -> inventory.Graph:
+        assert self.coordinator is not None
+        try:
+            return self.coordinator.observed()
+        except (OSError, ClientError, ConnectionError) as exc:
+            raise Transient(f"reading the fabric's graph: {exc}") from None
+
+    # --- outcomes --------------------------------------------------------------------------------
+
+    def _converged(self, head: str, built: plan_mod.Plan, observed: inventory.Graph,
+                   status: Mapping[str, Any]) -> Pass:
+        desired = str(built.content["desired_graph_hash"])
+        if status.get("revision") != head or status.get("phase") != "converged":
+            self.book.set_status(phase=records.Phase.CONVERGED.value, revision=head,
+                                 plan_id=built.plan_id, desired_graph_hash=desired,
+                                 observed_graph_hash=observed.hash, drift=None, last_error=None,
+                                 judged_revision=None, since=records.utc_now(time.time))
+            if status.get("revision") != head:
+                self.book.append(records.Entry(
+                    revision=head, plan_id=built.plan_id, outcome=Outcome.CONVERGED.value,
+                    started_at=records.utc_now(time.time), duration_s=0.0, batches=0,
+                    reason="the fabric already matches"))
+        return Pass(Outcome.CONVERGED, head, built.plan_id, observed.hash)
+
+    def _invalid(self, head: str, snap: Snapshot, findings: list[loading.Finding]) -> Pass:
+        diagnostics = loading.locate(findings, snap.raw(sorted({f.path for f in findings})))
+        text = "; ".join(d.render() for d in diagnostics[:20]) + (
+            f"; and {len(diagnostics) - 20} more" if len(diagnostics) > 20 else "")
+        for d in diagnostics:
+            self.say(f"{head[:12]}: {d.render()}")
+        return self._judged(head, Outcome.INVALID, "", text, None,
+                            diagnostics=[d.to_json() for d in diagnostics])
+
+    def _judged(self, head: str, outcome: Outcome, plan_id: str, reason: str,
+                observed: inventory.Graph | None, **extra: Any) -> Pass:
+        """A terminal verdict for this revision: recorded once, not retried until the branch
+        moves."""
+        phase = records.Phase.FAILED if outcome is Outcome.INVALID else records.Phase.ROLLED_BACK
+        self.book.set_status(phase=phase.value, judged_revision=head, last_error=reason,
+                             since=records.utc_now(time.time), **extra)
+        self.book.append(records.Entry(revision=head, plan_id=plan_id, outcome=outcome.value,
+                                       started_at=records.utc_now(time.time), duration_s=0.0,
+                                       batches=0, reason=reason))
+        return Pass(outcome, head, plan_id, observed.hash if observed else "", reason)
+
+    def _commit_signatures(self, repo: pygit2.Repository, head: str, policy: model.Trust,
+                           status: Mapping[str, Any]) -> str:
+        """Why the revision's commits are refused ('' when they pass or are not required)."""
+        if not policy.require_signed_commits:
+            return ""
+        trusted = status.get("trusted_revision")
+        try:
+            checks = commits.verify_commits(repo, head=head, trusted=trusted, trust=policy)
+        except commits.SignerKeyError as exc:
+            return f"commit-signature: {exc}"
+        bad = [c for c in checks if not c.ok]
+        if bad:
+            return "; ".join(f"commit-signature: {c.commit[:12]}: {c.problem}" for c in bad[:5])
+        self.book.set_status(trusted_revision=head)
+        return ""
+
+    def _record_drift(self, status: Mapping[str, Any], observed: inventory.Graph, head: str,
+                      *, healing: bool) -> None:
+        summary = (f"observed {observed.hash} differs from the applied "
+                   f"{status.get('desired_graph_hash')}")
+        self.otel.drift.add(1)
+        self.say(f"drift: {summary}" + ("; healing" if healing else "; detect-only"))
+        self.book.set_status(drift={"observed_graph_hash": observed.hash,
+                                    "detected_at": records.utc_now(time.time),
+                                    "healing": healing})
+        self.book.append(records.Entry(
+            revision=head, plan_id=str(status.get("applied_plan_id") or ""),
+            outcome="drift-healing" if healing else Outcome.DRIFT_DETECTED.value,
+            started_at=records.utc_now(time.time), duration_s=0.0, batches=0, reason=summary))
+
+    def _drift(self, status: Mapping[str, Any], observed: inventory.Graph, head: str) -> Pass:
+        """Drift in detect-only mode (or at a judged revision): recorded once per observed
+        graph."""
+        seen = (status.get("drift") or {}).get("observed_graph_hash")
+        if seen != observed.hash:
+            self._record_drift(status, observed, head, healing=False)
+        return Pass(Outcome.DRIFT_DETECTED, head, observed_hash=observed.hash,
+                    reason="the fabric differs from the applied graph")
+
+    # --- sign, apply -----------------------------------------------------------------------------
+
+    def _store(self, built: plan_mod.Plan) -> Path:
+        """Write the plan (and its signature) under state/plans before anything applies it:
+        a restarted controller resumes an interrupted plan from this file."""
+        self.plans.mkdir(parents=True, exist_ok=True)
+        path = self.plans / f"{built.plan_id}.json"
+        _write_atomic(path, orjson.dumps(built.to_json(), option=orjson.OPT_SORT_KEYS))
+        if self._signer is not None:
+            with self.otel.phase("sign", plan_id=built.plan_id):
+                key_id, private = self._signer
+                statement = envelope.Statement(plan_id=built.plan_id,
+                                               provenance=built.provenance.to_json())
+                signed = keys.sign(statement, key_id=key_id, key=private)
+                sig_path = sidecar.path_for(path, trust.Method.ED25519)
+                _write_atomic(sig_path, orjson.dumps(signed.to_json()))
+                verdict = trust.bind(trust.verify(sig_path.read_bytes(), self._own_trust()),
+                                     built.to_json())
+                if not verdict.ok:  # our own signature must verify, or nothing is applied
+                    raise RuntimeError(f"the controller's signature on {built.plan_id} does "
+                                       f"not verify: {verdict.problem}")
+        return path
+
+    def _own_trust(self) -> trust.TrustPolicy:
+        assert self._signer is not None
+        key_id, private = self._signer
+        return trust.TrustPolicy(keys=(trust.TrustedKey(
+            key_id, trust.decode_public_key(keys.public_key_text(private.public_key()),
+                                            key_id=key_id)),))
+
+    def _apply(self, head: str, built: plan_mod.Plan, *, drift: bool) -> Pass:
+        assert self.coordinator is not None
+        path = self._store(built)
+        data = orjson.loads(path.read_bytes())
+        batches = applying.batches(built)
+        self.say(f"{head[:12]}: applying {built.plan_id[:19]} ({len(built.steps)} steps in "
+                 f"{len(batches)} batches)")
+        self.book.set_status(phase=records.Phase.APPLYING.value, revision=head,
+                             plan_id=built.plan_id, since=records.utc_now(time.time))
+        began, started = time.monotonic(), records.utc_now(time.time)
+        with self.otel.phase("apply", plan_id=built.plan_id, batches=len(batches)):
+            result = self.coordinator.apply(
+                plan_id=built.plan_id, batches=batches,
+                desired_hash=str(built.content["desired_graph_hash"]),
+                signed_plan=applying.signed(path, data), on_verify=self._verifying)
+        return self._finish(head, built.plan_id, str(built.content["desired_graph_hash"]),
+                            result, began=began, started=started, drift=drift)
+
+    def _verifying(self) -> None:
+        self.book.set_status(phase=records.Phase.VERIFYING.value,
+                             since=records.utc_now(time.time))
+
+    def _finish(self, head: str, plan_id: str, desired: str, result: coord.Result, *,
+                began: float, started: str, drift: bool = False) -> Pass:
+        took = time.monotonic() - began
+        self.otel.apply_s.record(took)
+        self.otel.batches.add(result.committed)
+        if result.outcome is not coord.Outcome.PROMOTED:
+            self.otel.rollbacks.add(1)
+        outcome = {coord.Outcome.PROMOTED: Outcome.PROMOTED,
+                   coord.Outcome.ROLLED_BACK: Outcome.ROLLED_BACK,
+                   coord.Outcome.FAILED: Outcome.FAILED}[result.outcome]
+        self.book.append(records.Entry(
+            revision=head, plan_id=plan_id, outcome=outcome.value + (" (drift)" if drift else ""),
+            started_at=started, duration_s=round(took, 3), batches=result.committed,
+            reason=result.reason))
+        if result.outcome is coord.Outcome.PROMOTED:
+            self.book.set_status(phase=records.Phase.CONVERGED.value, revision=head,
+                                 applied_plan_id=plan_id, desired_graph_hash=desired,
+                                 observed_graph_hash=result.observed_hash, last_error=None,
+                                 drift=None, judged_revision=None,
+                                 since=records.utc_now(time.time))
+            self.say(f"{head[:12]}: converged on {plan_id[:19]}")
+            return Pass(Outcome.PROMOTED, head, plan_id, result.observed_hash)
+        phase = (records.Phase.ROLLED_BACK if result.outcome is coord.Outcome.ROLLED_BACK
+                 else records.Phase.FAILED)
+        self.book.set_status(phase=phase.value, last_error=result.reason,
+                             observed_graph_hash=result.observed_hash,
+                             judged_revision=None if result.transient else head,
+                             since=records.utc_now(time.time))
+        self.say(f"{head[:12]}: {outcome.value}: {result.reason}")
+        if result.transient:
+            raise Transient(result.reason)
+        return Pass(outcome, head, plan_id, result.observed_hash, result.reason)
+
+    # --- recovery --------------------------------------------------------------------------------
+
+    def recover(self) -> Pass | None:
+        """Settle the nodes' in-doubt transactions, then finish the plan a crash interrupted
+        (forward, or undone if it was rolling back)."""
+        assert self.coordinator is not None
+        for node, txid, decision in self.coordinator.settle():
+            self.say(f"recovery: {node} held {txid} in doubt: {decision}")
+        open_plan = self.coordinator.open_plan
+        if open_plan is None:
+            return None
+        path = self.plans / f"{open_plan.plan_id}.json"
+        data = orjson.loads(path.read_bytes())
+        built = plan_mod.load(data)
+        head = built.provenance.commit or ""
+        self.say(f"recovery: resuming {built.plan_id[:19]} ({len(open_plan.committed)} of "
+                 f"{open_plan.batches} batches committed"
+                 + (", rolling back)" if open_plan.rolling_back else ")"))
+        began, started = time.monotonic(), records.utc_now(time.time)
+        try:
+            result = self.coordinator.resume(applying.batches(built),
+                                             applying.signed(path, data),
+                                             on_verify=self._verifying)
+        except (OSError, ClientError, ConnectionError) as exc:
+            raise Transient(f"resuming {built.plan_id}: {exc}") from None
+        try:
+            return self._finish(head, built.plan_id, str(built.content["desired_graph_hash"]),
+                                result, began=began, started=started)
+        except Transient as exc:
+            self.say(f"recovery: {exc}")
+            return None
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *,
+            until: Callable[[Pass], bool] | None = None) -> Pass | None:
+        """Watch and reconcile until `stop` is set (or `until` accepts a pass). Holds the
+        state directory's lock, the coordinator's WAL and its resolve socket throughout."""
+        last: Pass | None = None
+        with applying.locked(self.state), wal.Wal.open(self.state / "wal") as log:
+            self.coordinator = coord.Coordinator(log=log, nodes=self.settings.nodes)
+            with coord.resolving(self.coordinator, self.state / "coordinator.sock"):
+                watcher = threading.Thread(target=self._watch, args=(stop,), name="rtt-watch",
+                                           daemon=True)
+                watcher.start()
+                delay = 0.0
+                backoff = Backoff(*self.settings.backoff_s)
+                try:
+                    self._recover_with_retries(stop, backoff)
+                    while not stop.is_set():
+                        self.wake.clear()
+                        try:
+                            last = self.reconcile()
+                            backoff.reset()
+                            delay = self.settings.resync_s
+                        except Transient as exc:
+                            delay = backoff.next()
+                            self.say(f"retrying in {delay:.2f} s: {exc}")
+                            self.book.set_status(last_error=str(exc))
+                        if until is not None and last is not None and until(last):
+                            break
+                        self.wake.wait(delay)
+                finally:
+                    stop.set()
+                    self.wake.set()
+                    watcher.join(5)
+            self.coordinator = None
+        return last
+
+    def _recover_with_retries(self, stop: threading.Event, backoff: Backoff) -> None:
+        while not stop.is_set():
+            try:
+                self.recover()
+                backoff.reset()
+                return
+            except Transient as exc:
+                delay = backoff.next()
+                self.say(f"recovery: retrying in {delay:.2f} s: {exc}")
+                stop.wait(delay)
+
+    def _watch(self, stop: threading.Event) -> None:
+        """Wake the loop when a ref of the watched repository changes. Watches the git
+        directory (not files: git replaces refs by lock-then-rename), through a filter of our
+        own (watchfiles' default one drops every path under .git)."""
+        if is_url(self.settings.repo):
+            return  # a remote is polled at the resync interval
+        try:
+            gitdir = Path(gitrepo.open_repo(self._local()).path)
+        except gitrepo.SourceError:
+            return
+
+        def wanted(_: watchfiles.Change, path: str) -> bool:
+            rel = Path(path).relative_to(gitdir).as_posix() if path.startswith(str(gitdir)) else ""
+            return rel in ("HEAD", "packed-refs", "FETCH_HEAD") or rel.startswith("refs/")
+
+        for _ in watchfiles.watch(gitdir, watch_filter=wanted, stop_event=stop,
+                                  debounce=self.settings.debounce_ms, step=5,
+                                  rust_timeout=1000, yield_on_timeout=False,
+                                  raise_interrupt=False):
+            self.wake.set()
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    def __init__(self, first: float, cap: float, *, rng: random.Random | None = None) -> None:
+        self.first, self.cap, self.rng = first, cap, rng or random.Random()  # noqa: S311 - jitter
+        self.attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.first * 2 ** self.attempt)
+        self.attempt += 1
+        return self.rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)
