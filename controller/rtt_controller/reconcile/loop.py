@@ -175,7 +175,9 @@ class Loop:
 
     def _plan_and_apply(self, repo: pygit2.Repository, head: str, prefix: str,
                         status: dict[str, Any], observed: inventory.Graph) -> Pass:
-        self.book.set_status(phase=records.Phase.PLANNING.value, since=records.utc_now(time.time))
+        if status.get("revision") != head:  # a resync at the same revision stays "converged"
+            self.book.set_status(phase=records.Phase.PLANNING.value,
+                                 since=records.utc_now(time.time))
         with self.otel.phase("plan", revision=head):
             try:
                 snap = gitrepo.snapshot(repo, head, self.cache, prefix=prefix)
