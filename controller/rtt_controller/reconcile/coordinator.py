@@ -74,8 +74,12 @@ class SocketNode:
         self.name, self.path, self.timeout_s = name, path, timeout_s
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        with Client(self.path, timeout_s=self.timeout_s) as client:
-            return client.call(op, **fields)
+        try:
+            with Client(self.path, timeout_s=self.timeout_s) as client:
+                return client.call(op, **fields)
+        except OSError as exc:  # say which node: "No such file" alone names nothing
+            raise ConnectionError(f"node {self.name} at {self.path}: {exc.strerror or exc}"
+                                  ) from exc
 
 
 @dataclasses.dataclass

@@ -1,0 +1,168 @@
+"""The loop's parts and its command line: backoff, the exporter switch, traces and metrics,
+transient failures, strict nodes, `rtt controller run` and `rtt up`."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from rtt_controller.reconcile import loop, telemetry
+from tests.conftest import ROOT
+from tests.controller import loopkit
+from tests.controller.loopkit import World, converged_on, running, wait_for
+
+ROUTES = [(0, "shm"), (1, "uds"), (2, "tcp")]
+
+
+def test_backoff_doubles_with_full_jitter_up_to_its_cap_and_resets() -> None:
+    b = loop.Backoff(0.1, 1.0, rng=random.Random(7))
+    delays = [b.next() for _ in range(8)]
+    ceilings = [min(1.0, 0.1 * 2 ** i) for i in range(8)]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    assert max(delays) <= 1.0
+    b.reset()
+    assert b.next() <= 0.1
+
+
+def test_the_exporter_is_off_unless_a_flag_or_the_environment_asks() -> None:
+    assert telemetry.chosen(None, {}) is telemetry.Exporter.OFF
+    assert telemetry.chosen(None, {"RTT_OTEL": "otlp"}) is telemetry.Exporter.OTLP
+    assert telemetry.chosen("console", {"RTT_OTEL": "otlp"}) is telemetry.Exporter.CONSOLE
+    with pytest.raises(ValueError, match="'zipkin': the exporter must be one of off"):
+        telemetry.chosen("zipkin", {})
+
+
+def test_the_otlp_exporter_can_be_built() -> None:
+    otel = telemetry.Telemetry(telemetry.Exporter.OTLP)
+    otel.shutdown()  # nothing listens on :4318; shutting down must not hang or raise
+
+
+@pytest.fixture
+def world(tmp_path: Path, make_repo) -> Iterator[World]:
+    repo = make_repo("repo")
+    loopkit.seed(repo, width=4, routes=ROUTES, batch=2)
+    w = World(tmp_path, repo).start(4)
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+@pytest.mark.e2e
+def test_each_pass_is_traced_by_phase_and_counted(world: World) -> None:
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    otel = telemetry.Telemetry(span_processors=[SimpleSpanProcessor(spans)],
+                               metric_readers=[reader])
+    lp = loop.Loop(world.settings(), otel=otel)
+    stop = threading.Event()
+    done = lp.run(stop, until=lambda p: p.outcome is loop.Outcome.PROMOTED)
+    assert done is not None
+    assert done.outcome is loop.Outcome.PROMOTED
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    assert {"reconcile", "plan", "sign", "apply"} <= finished.keys()
+    root = finished["reconcile"]
+    for phase in ("plan", "sign", "apply"):
+        assert finished[phase].parent is not None
+        assert finished[phase].parent.span_id == root.context.span_id
+    assert root.attributes is not None
+    assert root.attributes["rtt.outcome"] == "promoted"
+    data = reader.get_metrics_data()
+    assert data is not None
+    values = {m.name: m.data for rm in data.resource_metrics for sm in rm.scope_metrics
+              for m in sm.metrics}
+    assert values["rtt.batches"].data_points[0].value == 2  # three routes, two per batch
+    assert values["rtt.apply.duration"].data_points[0].count == 1
+    assert "rtt.rollbacks" not in values  # nothing rolled back, so the counter never moved
+    otel.shutdown()
+
+
+@pytest.mark.e2e
+def test_an_unreachable_node_is_retried_with_backoff_until_it_returns(world: World) -> None:
+    n1 = world.daemons["n1"]
+    n1.stop()
+    head = loopkit.head(world.repo)
+    with running(world):
+        wait_for(lambda: "n1" in str(world.status().get("last_error") or ""),
+                 what="the unreachable node reported")
+        assert world.status().get("phase") != "converged"
+        n1.start()
+        wait_for(converged_on(world, head), what="converged once n1 is back")
+    assert world.observed_hash() == world.status()["desired_graph_hash"]
+
+
+@pytest.mark.e2e
+def test_a_strict_fabric_takes_the_loops_signed_plans_and_refuses_unsigned_ones(
+        tmp_path: Path, make_repo) -> None:
+    repo = make_repo("repo")
+    loopkit.seed(repo, width=4, routes=ROUTES)
+    w = World(tmp_path, repo)
+    public = (tmp_path / "keys" / "controller.pub").read_text().strip()
+    trust_file = tmp_path / "trust.yaml"
+    trust_file.write_text("trust:\n  strict_manifests: false\n  keys:\n"
+                          f"    - key_id: controller\n      public_key: {public}\n")
+    for d in w.daemons.values():
+        d.extra = ("--strict", "--trust", str(trust_file))
+    w.start(4)
+    try:
+        with running(w, sign_key=None):
+            wait_for(lambda: w.status().get("phase") == "rolled-back", what="refused")
+        assert "plan-unsigned" in w.status()["last_error"]
+        w.repo.commit("the same desired state, a new revision")
+        with running(w):
+            wait_for(converged_on(w, loopkit.head(w.repo)), what="converged, signed")
+        assert w.observed_hash() == w.status()["desired_graph_hash"]
+    finally:
+        w.stop()
+
+
+@pytest.mark.e2e
+def test_rtt_controller_run_once_converges_and_a_second_controller_is_refused(
+        world: World) -> None:
+    argv = [sys.executable, "-m", "rtt_controller.cli.main", "controller", "run",
+            "--repo", str(world.repo.path), "--state", str(world.state), "--once",
+            "--sign-key", str(world.key), "--format", "json",
+            *[f"--fabric={d.socket}" for d in world.daemons.values()]]  # names asked of nodes
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    passes = [json.loads(line) for line in done.stdout.splitlines()]
+    assert passes[-1]["outcome"] == "promoted"
+    assert passes[-1]["revision"] == loopkit.head(world.repo)
+    # While one controller holds the state directory, another is refused, saying why.
+    with running(world):
+        wait_for(converged_on(world, loopkit.head(world.repo)))
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert second.returncode == 2
+    assert "another controller is using this state directory" in second.stderr
+
+
+@pytest.mark.e2e
+def test_rtt_up_runs_the_shipped_example_to_convergence_and_stops(tmp_path: Path) -> None:
+    """The README's first command (`make run` runs `rtt up`)."""
+    work = tmp_path / "up"
+    done = subprocess.run([sys.executable, "-m", "rtt_controller.cli.main", "up",
+                           "--workdir", str(work), "--format", "json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    first_pass = json.loads(lines[0])
+    status = json.loads("\n".join(lines[1:]))
+    assert first_pass["outcome"] == "promoted"
+    assert status["phase"] == "converged"
+    assert status["observed_graph_hash"] == status["desired_graph_hash"]
+    # Everything it started has stopped: no daemon holds its socket any more.
+    for node in ("node-a", "node-b"):
+        log = (work / "fabric" / node / "daemon.log").read_text()
+        assert "serving on" in log
+    leftovers = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True,
+                               check=False)
+    assert leftovers.stdout.strip() == ""
