@@ -78,11 +78,16 @@ def test_a_nack_in_batch_k_of_n_undoes_batches_1_to_k_minus_1(fabric) -> None:
             assert client.call("status")["in_doubt"] == []
 
 
-def test_a_failed_verify_rolls_the_plan_back(fabric) -> None:
+def test_a_failed_verify_rolls_the_plan_back_and_names_the_links_that_differ(fabric) -> None:
     c, daemons, _ = fabric
-    result = c.apply(plan_id=PLAN, batches=batches(), desired_hash="sha256-" + "1" * 64)
+    plan = batches()
+    # The desired graph holds a link that no batch adds: the verify finds it missing.
+    extra = add("rtt://edge/out/x", "rtt://edge/in/y", lane="uds", a="n0", b="n0").link
+    desired = graph.Graph.of([*(s.link for batch in plan for s in batch), extra])
+    result = c.apply(plan_id=PLAN, batches=plan, desired_hash=desired.hash, desired=desired)
     assert result.outcome is coord.Outcome.ROLLED_BACK
-    assert result.reason.startswith("verify: observed")
+    assert result.reason.startswith("verify: observed sha256-")
+    assert "(missing 1: rtt://edge/out/x -> rtt://edge/in/y)" in result.reason
     assert all(d.graph()["links"] == [] for d in daemons.values())
 
 

@@ -171,14 +171,16 @@ class Coordinator:
 
     def apply(self, *, plan_id: str, batches: Sequence[Sequence[steps.Step]], desired_hash: str,
               signed_plan: Mapping[str, Any] | None = None,
-              on_verify: Callable[[], None] | None = None) -> Result:
-        """Run every batch forward; on a NACK or a failed verify, undo what was committed."""
+              on_verify: Callable[[], None] | None = None,
+              desired: graph.Graph | None = None) -> Result:
+        """Run every batch forward; on a NACK or a failed verify, undo what was committed.
+        With the `desired` graph, a failed verify reports which links differ."""
         if self.open_plan is not None:
             raise RuntimeError(f"plan {self.open_plan.plan_id} is still open: resume it first")
         self._log(Kind.BEGIN, {"plan_id": plan_id, "batches": len(batches),
                                "desired_hash": desired_hash})
         self.open_plan = OpenPlan(plan_id, len(batches), desired_hash)
-        return self._drive(self.open_plan, batches, signed_plan, on_verify)
+        return self._drive(self.open_plan, batches, signed_plan, on_verify, desired)
 
     def resume(self, batches: Sequence[Sequence[steps.Step]],
                signed_plan: Mapping[str, Any] | None = None,
@@ -195,7 +197,8 @@ class Coordinator:
 
     def _drive(self, plan: OpenPlan, batches: Sequence[Sequence[steps.Step]],
                signed_plan: Mapping[str, Any] | None,
-               on_verify: Callable[[], None] | None) -> Result:
+               on_verify: Callable[[], None] | None,
+               desired: graph.Graph | None = None) -> Result:
         total = len(batches)
         if plan.rolling_back:
             return self._roll_back(plan, batches, "resumed after a restart: the plan was "
@@ -213,13 +216,15 @@ class Coordinator:
                                        transient=transient)
         if on_verify is not None:
             on_verify()
-        observed = self.observed_hash()
-        if observed != plan.desired_hash:
+        seen = self.observed()
+        if seen.hash != plan.desired_hash:
             plan.rolling_back = True
-            return self._roll_back(plan, batches, f"verify: observed {observed}, desired "
-                                                  f"{plan.desired_hash}", transient=False)
+            why = f"verify: observed {seen.hash}, desired {plan.desired_hash}"
+            if desired is not None:
+                why += f" ({difference(seen, desired)})"
+            return self._roll_back(plan, batches, why, transient=False)
         self._end(plan, Outcome.PROMOTED)
-        return Result(Outcome.PROMOTED, plan.plan_id, len(plan.committed), observed_hash=observed)
+        return Result(Outcome.PROMOTED, plan.plan_id, len(plan.committed), observed_hash=seen.hash)
 
     def _end(self, plan: OpenPlan, outcome: Outcome, reason: str = "") -> None:
         self._log(Kind.END, {"plan_id": plan.plan_id, "outcome": outcome.value,
@@ -321,6 +326,22 @@ class Coordinator:
 
     def observed_hash(self) -> str:
         return self.observed().hash
+
+
+def difference(observed: graph.Graph, desired: graph.Graph, *, shown: int = 5) -> str:
+    """What a failed verify found, link by link: missing, unexpected and different links (the
+    first few of each, by key)."""
+    have, want = observed.links, desired.links
+    parts = []
+    for label, keys in (("missing", sorted(want.keys() - have.keys())),
+                        ("unexpected", sorted(have.keys() - want.keys())),
+                        ("different", sorted(k for k in want.keys() & have.keys()
+                                             if want[k] != have[k]))):
+        if keys:
+            names = ", ".join(f"{k[0]} -> {k[1]}" for k in keys[:shown])
+            more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+            parts.append(f"{label} {len(keys)}: {names}{more}")
+    return "; ".join(parts) or "same links, different hash"
 
 
 @contextlib.contextmanager

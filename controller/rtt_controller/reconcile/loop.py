@@ -205,7 +205,7 @@ class Loop:
             return self._drift(status, observed, head)
         if drifting:
             self._record_drift(status, observed, head, healing=True)
-        return self._apply(head, built, drift=drifting)
+        return self._apply(head, built, result.desired.graph, drift=drifting)
 
     def _observed(self) -> inventory.Graph:
         assert self.coordinator is not None
@@ -321,7 +321,8 @@ class Loop:
             key_id, trust.decode_public_key(keys.public_key_text(private.public_key()),
                                             key_id=key_id)),))
 
-    def _apply(self, head: str, built: plan_mod.Plan, *, drift: bool) -> Pass:
+    def _apply(self, head: str, built: plan_mod.Plan, desired: inventory.Graph, *,
+               drift: bool) -> Pass:
         assert self.coordinator is not None
         path = self._store(built)
         data = orjson.loads(path.read_bytes())
@@ -335,7 +336,8 @@ class Loop:
             result = self.coordinator.apply(
                 plan_id=built.plan_id, batches=batches,
                 desired_hash=str(built.content["desired_graph_hash"]),
-                signed_plan=applying.signed(path, data), on_verify=self._verifying)
+                signed_plan=applying.signed(path, data), on_verify=self._verifying,
+                desired=desired)
         return self._finish(head, built.plan_id, str(built.content["desired_graph_hash"]),
                             result, began=began, started=started, drift=drift)
 
