@@ -148,13 +148,8 @@ class World:
         return loop.Settings(**{**base, **overrides})
 
     def observed_hash(self) -> str:
-        links: dict[Any, Any] = {}
-        for d in self.daemons.values():
-            for item in d.graph()["links"]:
-                links[(item["from"], item["to"], item["class"])] = item
-        from rtt_fabric import graph  # noqa: PLC0415
-
-        return graph.Graph.of(graph.Link.from_json(v) for v in links.values()).hash
+        """The hash of the links whole on both nodes (as the controller observes them)."""
+        return coord.survey(self.nodes()).observed.hash
 
     def status(self) -> dict[str, Any]:
         return records.Records(self.state).status()

@@ -134,3 +134,82 @@ def test_a_transaction_a_node_was_told_to_abort_never_commits(fabric) -> None:
     assert result.committed == 1  # batch 1 (n0 only) committed, batch 2 could not, 1 undone
     assert "told abort" in result.reason
     assert all(d.graph()["links"] == [] for d in daemons.values())
+
+
+class Crash(BaseException):
+    """The coordinator process dying (not an error any code path handles)."""
+
+
+class DiesAt:
+    """A node that kills the coordinator when it is asked `op` the `nth` time, after the
+    request reached the real daemon (so the daemon holds what it was sent)."""
+
+    def __init__(self, node: coord.SocketNode, op: str, nth: int) -> None:
+        self.name, self._node, self.op, self.nth = node.name, node, op, nth
+
+    def call(self, op: str, **fields):
+        reply = self._node.call(op, **fields)
+        if op == self.op:
+            self.nth -= 1
+            if self.nth == 0:
+                raise Crash(op)
+        return reply
+
+
+def _reopen(c: coord.Coordinator, tmp_path, daemons) -> tuple[coord.Coordinator, wal.Wal]:
+    c._wal.close()
+    log = wal.Wal.open(tmp_path / "coordinator-wal")
+    return coord.Coordinator(log=log, nodes={n: coord.SocketNode(n, d.socket)
+                                             for n, d in daemons.items()}), log
+
+
+def test_a_restarted_coordinator_finishes_the_plan_a_crash_interrupted(fabric) -> None:
+    c, daemons, tmp_path = fabric
+    plan = [*batches(), [add("rtt://core/out/z", "rtt://core/in/x", lane="uds", a="n1",
+                              b="n1")]]
+    desired = graph.Graph.of(s.link for b in plan for s in b).hash
+    # Dies right after n0 voted on batch 2: batch 1 committed, batch 2 prepared on n0 only.
+    c.nodes["n0"] = DiesAt(c.nodes["n0"], "prepare", 2)
+    with pytest.raises(Crash):
+        c.apply(plan_id=PLAN, batches=plan, desired_hash=desired)
+    with daemons["n0"].client() as client:
+        assert len(client.call("status")["in_doubt"]) == 1
+    again, log = _reopen(c, tmp_path, daemons)
+    try:
+        assert again.open_plan is not None
+        assert (again.open_plan.committed, again.open_plan.rolling_back) == ({0}, False)
+        settled = again.settle()
+        assert [(n, d) for n, _, d in settled] == [("n0", "abort")]  # never logged: presumed
+        result = again.resume(plan)
+        assert (result.outcome, result.committed) == (coord.Outcome.PROMOTED, 3)
+        assert again.observed_hash() == desired
+        assert again.open_plan is None
+    finally:
+        log.close()
+
+
+def test_a_restarted_coordinator_keeps_undoing_a_plan_that_was_rolling_back(fabric) -> None:
+    c, daemons, tmp_path = fabric
+    before = c.observed_hash()
+    plan = [*batches(), [add("rtt://core/out/z", "rtt://core/in/missing", lane="shm", a="n1",
+                              b="n1")]]
+    # Batch 3 is NACKed (n1 lacks the symbol); the coordinator dies undoing batch 2, after
+    # the inverse's PREPARE reached n0.
+    c.nodes["n0"] = DiesAt(c.nodes["n0"], "prepare", 3)
+    with pytest.raises(Crash):
+        c.apply(plan_id=PLAN, batches=plan, desired_hash="sha256-" + "0" * 64)
+    again, log = _reopen(c, tmp_path, daemons)
+    try:
+        assert again.open_plan is not None
+        assert again.open_plan.rolling_back
+        assert again.open_plan.committed == {0, 1}
+        again.settle()
+        result = again.resume(plan)
+        assert result.outcome is coord.Outcome.ROLLED_BACK
+        assert "rolling back" in result.reason
+        assert again.observed_hash() == before
+        for d in daemons.values():
+            with d.client() as client:
+                assert client.call("status")["in_doubt"] == []
+    finally:
+        log.close()

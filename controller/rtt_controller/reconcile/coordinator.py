@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from rtt_fabric import graph, protocol, steps, wal
+from rtt_fabric import canonical, graph, protocol, steps, wal
 from rtt_fabric.client import Client, ClientError
 
 
@@ -80,6 +80,12 @@ class SocketNode:
         except OSError as exc:  # say which node: "No such file" alone names nothing
             raise ConnectionError(f"node {self.name} at {self.path}: {exc.strerror or exc}"
                                   ) from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class Survey:
+    observed: graph.Graph  # links whole on every node they touch
+    strays: tuple[tuple[str, graph.Link], ...]  # (node, link) it holds without its peer
 
 
 @dataclasses.dataclass
@@ -258,10 +264,13 @@ class Coordinator:
             f".{attempt}" if attempt else "")
 
     def _transaction(self, txid: str, where: dict[str, Any], batch: Sequence[steps.Step],
-                     signed_plan: Mapping[str, Any] | None) -> tuple[bool, str, bool]:
-        """One 2PC round for the batch `where` names (plan_id, dir "f" or "r", batch index).
+                     signed_plan: Mapping[str, Any] | None, *,
+                     slices: Mapping[str, Sequence[steps.Step]] | None = None
+                     ) -> tuple[bool, str, bool]:
+        """One 2PC round for the batch `where` names (plan_id; dir "f", "r" or "x" for a
+        repair; batch index), sent to each node as `slices` (default: the steps touching it).
         Returns (committed, why not, whether the cause is passing)."""
-        slices = self._slices(batch)
+        slices = slices if slices is not None else self._slices(batch)
         plan_id = where["plan_id"]
         with self._lock:
             self._in_flight = (txid, where)
@@ -314,18 +323,48 @@ class Coordinator:
 
     # --- verify ----------------------------------------------------------------------------------
 
+    def survey(self) -> Survey:
+        return survey(self.nodes)
+
     def observed(self) -> graph.Graph:
-        """The fabric's graph: every node's committed links, each link once."""
-        links: dict[graph.LinkKey, graph.Link] = {}
-        for name in sorted(self.nodes):
-            reply = self.nodes[name].call("get_graph")
-            for item in reply["graph"]["links"]:
-                link = graph.Link.from_json(item)
-                links[link.key] = link
-        return graph.Graph.of(links.values())
+        """The fabric's graph: the links every node they touch holds."""
+        return self.survey().observed
+
+    def repair(self, strays: Sequence[tuple[str, graph.Link]]) -> tuple[bool, str]:
+        """Remove stray links from the nodes holding them, in one transaction of its own, so
+        that a plan can add them back whole. Returns (done, why not)."""
+        slices: dict[str, list[steps.Step]] = {}
+        for name, link in strays:
+            slices.setdefault(name, []).append(steps.Step(steps.Op.DEL, link))
+        repair_id = canonical.digest(sorted(f"{n} {link.digest}" for n, link in strays))
+        ok, why, _ = self._transaction(self._txid(repair_id, "x", 0),
+                                       {"plan_id": repair_id, "dir": "x", "batch": 0}, [], None,
+                                       slices=slices)
+        return ok, why
 
     def observed_hash(self) -> str:
         return self.observed().hash
+
+
+def survey(nodes: Mapping[str, Node]) -> Survey:
+    """The fabric as the nodes hold it. A link counts as observed only when every node it
+    touches holds it, identically; what one node holds without its peer agreeing (a node that
+    came back without its state, say) is a stray."""
+    held: dict[graph.LinkKey, dict[str, graph.Link]] = {}
+    for name in sorted(nodes):
+        reply = nodes[name].call("get_graph")
+        for item in reply["graph"]["links"]:
+            link = graph.Link.from_json(item)
+            held.setdefault(link.key, {})[name] = link
+    complete, strays = [], []
+    for by_node in held.values():
+        first = next(iter(by_node.values()))
+        ends = {first.from_node, first.to_node} & nodes.keys()
+        if by_node.keys() == ends and all(link == first for link in by_node.values()):
+            complete.append(first)
+        else:
+            strays += [(name, link) for name, link in sorted(by_node.items())]
+    return Survey(graph.Graph.of(complete), tuple(strays))
 
 
 def difference(observed: graph.Graph, desired: graph.Graph, *, shown: int = 5) -> str:

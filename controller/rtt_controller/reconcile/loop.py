@@ -104,6 +104,8 @@ class Loop:
         self.wake = threading.Event()
         self.coordinator: coord.Coordinator | None = None
         self._signer = keys.load(settings.sign_key) if settings.sign_key else None
+        self._drift_mode = "heal"  # the policy's, as of the last revision planned
+        self._healing = False  # this pass already removed stray links
 
     # --- the source ------------------------------------------------------------------------------
 
@@ -155,6 +157,7 @@ class Loop:
             return done
 
     def _reconcile(self) -> Pass:
+        self._healing = False
         if is_url(self.settings.repo):
             with self.otel.phase("fetch"):
                 self._fetch()
@@ -163,7 +166,7 @@ class Loop:
         if status.get("watched_revision") != head:
             self.book.set_status(watched_revision=head)
             status["watched_revision"] = head
-        observed = self._observed()
+        observed = self._observed(status, head)
         if status.get("judged_revision") == head:
             # Rejected or rolled back at this revision: wait for the branch to move. The drift
             # check still runs against what was last applied.
@@ -192,6 +195,7 @@ class Loop:
             except planner.Rejected as exc:
                 return self._invalid(head, snap, exc.findings)
         policy = result.desired.state.policy
+        self._drift_mode = policy.reconcile.drift
         refused = self._commit_signatures(repo, head, policy.trust, status)
         if refused:
             return self._judged(head, Outcome.INVALID, result.plan.plan_id, refused, observed)
@@ -203,13 +207,28 @@ class Loop:
                         "desired_graph_hash"))
         if drifting and policy.reconcile.drift == "detect":
             return self._drift(status, observed, head)
-        if drifting:
+        if drifting and not self._healing:  # (stray links already recorded this drift)
             self._record_drift(status, observed, head, healing=True)
         return self._apply(head, built, result.desired.graph, drift=drifting)
 
-    def _observed(self) -> inventory.Graph:
+    def _observed(self, status: Mapping[str, Any], head: str) -> inventory.Graph:
+        """The observed graph, after removing stray half-links (healing) or recording them
+        (detect-only): a link one node holds without its peer is drift too."""
         assert self.coordinator is not None
         try:
+            survey = self.coordinator.survey()
+            if not survey.strays:
+                return survey.observed
+            strays = "; ".join(f"{node} holds {link.from_} -> {link.to} without its peer"
+                               for node, link in survey.strays[:5])
+            if self._drift_mode == "detect":
+                self._record_drift(status, survey.observed, head, healing=False, what=strays)
+                return survey.observed
+            self._record_drift(status, survey.observed, head, healing=True, what=strays)
+            self._healing = True
+            done, why = self.coordinator.repair(survey.strays)
+            if not done:
+                raise Transient(f"removing stray links: {why}")
             return self.coordinator.observed()
         except (OSError, ClientError, ConnectionError) as exc:
             raise Transient(f"reading the fabric's graph: {exc}") from None
@@ -269,9 +288,9 @@ class Loop:
         return ""
 
     def _record_drift(self, status: Mapping[str, Any], observed: inventory.Graph, head: str,
-                      *, healing: bool) -> None:
-        summary = (f"observed {observed.hash} differs from the applied "
-                   f"{status.get('desired_graph_hash')}")
+                      *, healing: bool, what: str = "") -> None:
+        summary = what or (f"observed {observed.hash} differs from the applied "
+                           f"{status.get('desired_graph_hash')}")
         self.otel.drift.add(1)
         self.say(f"drift: {summary}" + ("; healing" if healing else "; detect-only"))
         self.book.set_status(drift={"observed_graph_hash": observed.hash,
