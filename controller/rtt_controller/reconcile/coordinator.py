@@ -113,6 +113,7 @@ class Coordinator:
         self.epoch += 1
         self._log(Kind.START, {"epoch": self.epoch})
         self._in_flight: tuple[str, dict[str, Any]] | None = None
+        self._seq = 0  # transactions run in this epoch
 
     def _replay(self, kind: int, record: dict[str, Any]) -> None:
         if kind == Kind.START:
@@ -207,8 +208,10 @@ class Coordinator:
                desired: graph.Graph | None = None) -> Result:
         total = len(batches)
         if plan.rolling_back:
+            # Why it was rolling back died with the process: whether the cause has passed is
+            # for the next plan to find out.
             return self._roll_back(plan, batches, "resumed after a restart: the plan was "
-                                                  "rolling back", transient=False)
+                                                  "rolling back", transient=True)
         for index in range(total):
             if index in plan.committed:
                 continue
@@ -260,7 +263,12 @@ class Coordinator:
                       transient=transient)
 
     def _txid(self, plan_id: str, direction: str, batch: int, attempt: int = 0) -> str:
-        return f"{plan_id[7:23]}.e{self.epoch}.{direction}{batch}" + (
+        """Unique for every transaction ever run: the epoch is new at each start, and the
+        sequence is new at each transaction within it. (A plan id alone repeats: flipping
+        between two graphs plans the same plan again, and a reused txid would be answered from
+        its first decision.)"""
+        self._seq += 1
+        return f"{plan_id[7:23]}.e{self.epoch}.t{self._seq}.{direction}{batch}" + (
             f".{attempt}" if attempt else "")
 
     def _transaction(self, txid: str, where: dict[str, Any], batch: Sequence[steps.Step],
@@ -273,6 +281,8 @@ class Coordinator:
         slices = slices if slices is not None else self._slices(batch)
         plan_id = where["plan_id"]
         with self._lock:
+            if txid in self.decided:  # never: an old decision must not answer a new round
+                raise RuntimeError(f"txid {txid} was already decided")
             self._in_flight = (txid, where)
         prepared, reason, transient = [], "", False
         for name, part in slices.items():
@@ -294,8 +304,10 @@ class Coordinator:
             if decision is None:
                 decision = "commit" if not reason and len(prepared) == len(slices) else "abort"
                 self._decide(txid, where, decision)
-        if decision == "abort":
-            reason = reason or "a node in doubt was told abort"
+        if decision == "abort" and not reason:
+            # A node asked about it while the vote ran (its PREPARE outlived --in-doubt-after):
+            # slow, not refused, so worth another try.
+            reason, transient = "a node in doubt was told abort", True
         for name in prepared if decision == "abort" else slices:
             self._deliver(name, "commit" if decision == "commit" else "abort", txid)
         return decision == "commit", reason, transient
