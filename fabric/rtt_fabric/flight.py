@@ -15,6 +15,7 @@ import enum
 import math
 import mmap
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from rtt_fabric import _ring, ring
 
@@ -127,6 +128,17 @@ class Sample:
     def qdepth(self) -> int:
         c = self.counters
         return max(0, c["tx_frames"] - c["rx_frames"])
+
+
+def from_json(entry: Mapping[str, Any]) -> Sample:
+    """A route's entry of the daemon's `flight` answer (counters, breaker, the non-zero
+    buckets as [index, count] pairs) as a Sample."""
+    counts = [0] * BUCKETS
+    for index, count in entry["buckets"]:
+        counts[index] = count
+    return Sample(route_id=entry["route_id"], counters=entry["counters"],
+                  breaker=BreakerState[entry["breaker"].upper()],
+                  histogram=Histogram(tuple(counts)))
 
 
 def read(page: mmap.mmap | memoryview) -> Sample:

@@ -45,24 +45,15 @@ def duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
-def _sample(entry: Mapping[str, Any]) -> flight.Sample:
-    counts = [0] * flight.BUCKETS
-    for index, count in entry["buckets"]:
-        counts[index] = count
-    return flight.Sample(route_id=entry["route_id"], counters=entry["counters"],
-                         breaker=flight.BreakerState[entry["breaker"].upper()],
-                         histogram=flight.Histogram(tuple(counts)))
-
-
 def windows(before: Mapping[str, Any], after: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """One line per route present in both reads (a route that appeared meanwhile starts at
     its first read)."""
     earlier = {e["route_id"]: e for e in before["routes"]}
     stamp = datetime.datetime.fromtimestamp(after["ts"], datetime.UTC)
     for entry in after["routes"]:
-        now = _sample(entry)
+        now = flight.from_json(entry)
         then = earlier.get(entry["route_id"])
-        window = now - _sample(then) if then is not None else now
+        window = now - flight.from_json(then) if then is not None else now
         c = window.counters
 
         def micros(q: float, w: flight.Sample = window) -> float | None:

@@ -223,6 +223,15 @@ class Rollout(Frozen):
     failure_threshold: Annotated[int, pydantic.Strict(), pydantic.Field(ge=1)] = 1
     on_inconclusive: Literal["wait", "pause", "rollback"] = "wait"
     batch_size: Annotated[int, pydantic.Strict(), pydantic.Field(ge=1)] = 64
+    # A window fails a route whose error (corrupt, oversize) or drop rate is over these.
+    max_error_rate: Annotated[float, pydantic.Strict(), pydantic.Field(ge=0, le=1)] = 0.01
+    max_drop_rate: Annotated[float, pydantic.Strict(), pydantic.Field(ge=0, le=1)] = 0.01
+    # on_inconclusive "wait": windows judged at one step before an inconclusive step rolls back.
+    max_windows: Annotated[int, pydantic.Strict(), pydantic.Field(ge=1)] = 6
+    # false: apply the whole plan at once, verify, and promote without judging any window.
+    canary: Annotated[bool, pydantic.Strict()] = True
+    # A revision whose desired graph was promoted before (a `git revert`) skips the canary.
+    fast_revert: Annotated[bool, pydantic.Strict()] = False
 
     @pydantic.field_validator("steps")
     @classmethod

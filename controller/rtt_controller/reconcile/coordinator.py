@@ -88,6 +88,15 @@ class Survey:
     strays: tuple[tuple[str, graph.Link], ...]  # (node, link) it holds without its peer
 
 
+@dataclasses.dataclass(frozen=True)
+class Canary:
+    """Canary steps: after `ends[k]` batches, `gate(k, ends[k])` says whether to go on (and
+    why not). reconcile/rollout.py makes them."""
+
+    ends: Sequence[int]
+    gate: Callable[[int, int], tuple[bool, str]]
+
+
 @dataclasses.dataclass
 class OpenPlan:
     """A plan the log shows begun and not ended: where a restarted coordinator picks it up."""
@@ -179,19 +188,22 @@ class Coordinator:
     def apply(self, *, plan_id: str, batches: Sequence[Sequence[steps.Step]], desired_hash: str,
               signed_plan: Mapping[str, Any] | None = None,
               on_verify: Callable[[], None] | None = None,
-              desired: graph.Graph | None = None) -> Result:
-        """Run every batch forward; on a NACK or a failed verify, undo what was committed.
-        With the `desired` graph, a failed verify reports which links differ."""
+              desired: graph.Graph | None = None, canary: Canary | None = None) -> Result:
+        """Run every batch forward; on a NACK, a failed verify or a failed canary gate, undo
+        what was committed. With the `desired` graph, a failed verify reports which links
+        differ."""
         if self.open_plan is not None:
             raise RuntimeError(f"plan {self.open_plan.plan_id} is still open: resume it first")
         self._log(Kind.BEGIN, {"plan_id": plan_id, "batches": len(batches),
                                "desired_hash": desired_hash})
         self.open_plan = OpenPlan(plan_id, len(batches), desired_hash)
-        return self._drive(self.open_plan, batches, signed_plan, on_verify, desired)
+        return self._drive(self.open_plan, batches, signed_plan=signed_plan, on_verify=on_verify,
+                           desired=desired, canary=canary)
 
     def resume(self, batches: Sequence[Sequence[steps.Step]],
                signed_plan: Mapping[str, Any] | None = None,
-               on_verify: Callable[[], None] | None = None) -> Result:
+               on_verify: Callable[[], None] | None = None,
+               canary: Canary | None = None) -> Result:
         """Finish the plan a crash interrupted (spec: CoordRecover, then the plan position read
         back from the log): forward from the first undecided batch, or, if a batch of it was
         aborted, undo the committed ones. `batches` are the open plan's own."""
@@ -200,40 +212,64 @@ class Coordinator:
             raise RuntimeError("no plan is open")
         if len(batches) != plan.batches:
             raise ValueError(f"plan {plan.plan_id} has {plan.batches} batches, not {len(batches)}")
-        return self._drive(plan, batches, signed_plan, on_verify)
+        return self._drive(plan, batches, signed_plan=signed_plan, on_verify=on_verify,
+                           canary=canary)
 
-    def _drive(self, plan: OpenPlan, batches: Sequence[Sequence[steps.Step]],
-               signed_plan: Mapping[str, Any] | None,
-               on_verify: Callable[[], None] | None,
-               desired: graph.Graph | None = None) -> Result:
-        total = len(batches)
+    def _drive(self, plan: OpenPlan, batches: Sequence[Sequence[steps.Step]], *,
+               signed_plan: Mapping[str, Any] | None, on_verify: Callable[[], None] | None,
+               desired: graph.Graph | None = None, canary: Canary | None = None) -> Result:
         if plan.rolling_back:
             # Why it was rolling back died with the process: whether the cause has passed is
             # for the next plan to find out.
             return self._roll_back(plan, batches, "resumed after a restart: the plan was "
                                                   "rolling back", transient=True)
-        for index in range(total):
-            if index in plan.committed:
-                continue
+        why, transient, observed = self._forward(plan, batches, signed_plan=signed_plan,
+                                                 on_verify=on_verify, desired=desired,
+                                                 canary=canary)
+        if why:
+            plan.rolling_back = True
+            return self._roll_back(plan, batches, why, transient=transient)
+        self._end(plan, Outcome.PROMOTED)
+        return Result(Outcome.PROMOTED, plan.plan_id, len(plan.committed), observed_hash=observed)
+
+    def _forward(self, plan: OpenPlan, batches: Sequence[Sequence[steps.Step]], *,
+                 signed_plan: Mapping[str, Any] | None, on_verify: Callable[[], None] | None,
+                 desired: graph.Graph | None, canary: Canary | None) -> tuple[str, bool, str]:
+        """The batches not yet committed, the canary gates between them, the verify and the
+        last gate. Returns (why to roll back or '', whether that cause is passing, the
+        observed hash)."""
+        total = len(batches)
+        ends = list(canary.ends) if canary is not None else []
+
+        def judged(done: int) -> str:
+            """Why the canary step ending at `done` batches fails ('' if it passes or is
+            none)."""
+            if canary is None or done not in ends:
+                return ""
+            ok, why = canary.gate(ends.index(done), done)
+            return "" if ok else why
+
+        done = len(plan.committed)
+        if 0 < done < total and (why := judged(done)):  # a step a restart left unjudged
+            return why, False, ""
+        for index in range(done, total):
             txid = self._txid(plan.plan_id, "f", index)
             ok, reason, transient = self._transaction(
                 txid, {"plan_id": plan.plan_id, "dir": "f", "batch": index}, batches[index],
                 signed_plan)
             if not ok:
-                plan.rolling_back = True
-                return self._roll_back(plan, batches, f"batch {index + 1} of {total}: {reason}",
-                                       transient=transient)
+                return f"batch {index + 1} of {total}: {reason}", transient, ""
+            if index + 1 < total and (why := judged(index + 1)):
+                return why, False, ""
         if on_verify is not None:
             on_verify()
         seen = self.observed()
         if seen.hash != plan.desired_hash:
-            plan.rolling_back = True
             why = f"verify: observed {seen.hash}, desired {plan.desired_hash}"
             if desired is not None:
                 why += f" ({difference(seen, desired)})"
-            return self._roll_back(plan, batches, why, transient=False)
-        self._end(plan, Outcome.PROMOTED)
-        return Result(Outcome.PROMOTED, plan.plan_id, len(plan.committed), observed_hash=seen.hash)
+            return why, False, seen.hash
+        return judged(total), False, seen.hash  # the last step is judged on the verified graph
 
     def _end(self, plan: OpenPlan, outcome: Outcome, reason: str = "") -> None:
         self._log(Kind.END, {"plan_id": plan.plan_id, "outcome": outcome.value,
