@@ -63,6 +63,14 @@ nodes:
   - {name: n1, shm_mb: 256}
 rollout:
   batch_size: %(batch)d
+  canary: %(canary)s
+  steps: %(steps)s
+  window_s: %(window)s
+  min_samples: %(min_samples)d
+  on_inconclusive: %(on_inconclusive)s
+  failure_threshold: %(failure_threshold)d
+  max_windows: %(max_windows)d
+  fast_revert: %(fast_revert)s
 reconcile:
   drift: %(drift)s
 routing:
@@ -71,12 +79,25 @@ routing:
 
 
 def seed(repo: Repo, *, width: int, routes: Iterable[tuple[int, str]], batch: int = 16,
-         drift: str = "heal", greedy: int = 1000) -> str:
+         drift: str = "heal", greedy: int = 1000, **rollout: Any) -> str:
+    """Write the whole desired state and policy, and commit. The canary is off unless
+    `canary=True` (then `steps`, `window`, `min_samples`, `on_inconclusive`,
+    `failure_threshold`, `max_windows`, `fast_revert` may be given)."""
     repo.write("desired/symbols/all.yaml", symbols_yaml(width))
     repo.write("desired/routes/all.yaml", routes_yaml(routes))
-    repo.write("policies/policy.yaml", POLICY % {"batch": batch, "drift": drift,
-                                                 "greedy": greedy})
+    repo.write("policies/policy.yaml", policy(batch=batch, drift=drift, greedy=greedy, **rollout))
     return repo.commit("seed")
+
+
+def policy(*, batch: int = 16, drift: str = "heal", greedy: int = 1000, canary: bool = False,
+           steps: tuple[int, ...] = (10, 50, 100), window: float = 0.5, min_samples: int = 100,
+           on_inconclusive: str = "wait", failure_threshold: int = 1, max_windows: int = 3,
+           fast_revert: bool = False) -> str:
+    return POLICY % {"batch": batch, "drift": drift, "greedy": greedy,
+                     "canary": str(canary).lower(), "steps": list(steps), "window": window,
+                     "min_samples": min_samples, "on_inconclusive": on_inconclusive,
+                     "failure_threshold": failure_threshold, "max_windows": max_windows,
+                     "fast_revert": str(fast_revert).lower()}
 
 
 def push_routes(repo: Repo, routes: Iterable[tuple[int, str]], message: str = "routes") -> str:

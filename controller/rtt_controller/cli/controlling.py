@@ -195,11 +195,13 @@ def up(args: argparse.Namespace) -> int:
             _say(f"fabric: {len(nodes)} node(s) ({', '.join(names)}) under {work / 'fabric'}")
             for name, services in embedded.manifests(desired).items():
                 nodes[name].register(services)
-            settings = loop.Settings(repo=str(repo), state=state,
-                                     nodes=embedded.participants(nodes), branch="main",
-                                     sign_key=embedded.controller_key(work / "keys"),
-                                     solver=args.solver, resync_s=args.resync)
-            code = _run(settings, args, once=not args.keep_running)
+            with embedded.sending(nodes, embedded.traffic(desired)):
+                _say("example traffic: every route's source sends, every target drains")
+                settings = loop.Settings(repo=str(repo), state=state,
+                                         nodes=embedded.participants(nodes), branch="main",
+                                         sign_key=embedded.controller_key(work / "keys"),
+                                         solver=args.solver, resync_s=args.resync)
+                code = _run(settings, args, once=not args.keep_running)
         status_args = argparse.Namespace(state=state, format=args.format)
         commands.status(status_args)
         return code

@@ -10,9 +10,12 @@ its own until the fabric converges. It then prints the status and stops everythi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,17 +89,76 @@ def manifests(desired: planner.Desired) -> dict[str, dict[str, list[dict[str, An
     return out
 
 
+def traffic(desired: planner.Desired) -> dict[str, dict[str, Any]]:
+    """node -> what its example traffic process publishes and subscribes (rtt_fabric.demo):
+    every route's source sends, at most 200 frames a second and at most 70% of the slowest
+    route it feeds (so admission never has to drop), and every route's target drains."""
+    placed = desired.assignment.placement
+    rates: dict[str, float] = {}
+    sinks: set[str] = set()
+    for demand in desired.demands:
+        src, dst, _ = demand.key
+        rates[src] = min(rates.get(src, 200.0), 0.7 * demand.throughput_qps)
+        sinks.add(dst)
+    out: dict[str, dict[str, Any]] = {}
+    for node, services in manifests(desired).items():
+        mine = {sym["saddr"] for symbols in services.values() for sym in symbols}
+        out[node] = {"services": services,
+                     "publish": sorted(s for s in mine if s in rates),
+                     "rates": {s: rates[s] for s in sorted(mine) if s in rates},
+                     "subscribe": sorted(s for s in mine if s in sinks)}
+    assert all(placed.get(s) == n for n, spec in out.items() for s in spec["publish"])
+    return out
+
+
+class Traffic:
+    """One `python -m rtt_fabric.demo` process: a node's example services, sending."""
+
+    def __init__(self, node: Node, spec: Mapping[str, Any]) -> None:
+        path = node.root / "traffic.json"
+        path.write_text(json.dumps({"socket": str(node.socket), **spec}), encoding="utf-8")
+        self.log = node.root / "traffic.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "rtt_fabric.demo", str(path)],
+                                         stdout=log, stderr=log)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def sending(nodes: Mapping[str, Node], specs: Mapping[str, Mapping[str, Any]]
+            ) -> Iterator[list[Traffic]]:
+    """Example traffic on every node while the context is open."""
+    started: list[Traffic] = []
+    try:
+        for name, spec in sorted(specs.items()):
+            started.append(Traffic(nodes[name], spec))
+        yield started
+    finally:
+        for t in started:
+            t.stop()
+
+
 class Node:
     """One `rtt fabric serve` process of the embedded fabric."""
 
-    def __init__(self, name: str, root: Path, coordinator: Path) -> None:
+    def __init__(self, name: str, root: Path, coordinator: Path, *, data: tuple[str, int],
+                 peers: Mapping[str, tuple[str, int]], cluster_key: Path) -> None:
         self.name, self.root = name, root
         self.socket = root / "fabric.sock"
         root.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "rtt_controller.cli.main", "fabric", "serve",
                 "--state", str(root / "state"), "--socket", str(self.socket), "--node", name,
-                "--coordinator", str(coordinator), "--data-listen", "off",
-                "--in-doubt-after", "1"]
+                "--coordinator", str(coordinator), "--data-listen", f"{data[0]}:{data[1]}",
+                "--cluster-key", str(cluster_key), "--in-doubt-after", "1",
+                *[f"--peer={peer}={host}:{port}" for peer, (host, port) in sorted(peers.items())]]
         self.log = root / "daemon.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
@@ -133,15 +195,29 @@ class Node:
 def fabric(root: Path, names: Sequence[str], coordinator: Path) -> Iterator[dict[str, Node]]:
     """Start a node daemon per name; stop them all on the way out, whatever happened."""
     nodes: dict[str, Node] = {}
+    root.mkdir(parents=True, exist_ok=True)
+    key = root / "cluster.key"  # tcp lanes between the nodes prove they share it
+    key.write_text(secrets.token_hex(32), encoding="ascii")
+    key.chmod(0o600)
+    data = {name: ("127.0.0.1", _free_port()) for name in names}
     try:
         for name in names:
-            nodes[name] = Node(name, root / name, coordinator)
+            nodes[name] = Node(name, root / name, coordinator, data=data[name],
+                               peers={p: a for p, a in data.items() if p != name},
+                               cluster_key=key)
         for node in nodes.values():
             node.wait_ready()
         yield nodes
     finally:
         for node in nodes.values():
             node.stop()
+
+
+def _free_port() -> int:
+    """A loopback port free right now (the daemon binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def participants(nodes: Mapping[str, Node]) -> dict[str, coord.Node]:

@@ -27,7 +27,7 @@ import random
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,9 @@ import watchfiles
 from rtt_controller import solvers
 from rtt_controller.core import inventory, loading, model, planner
 from rtt_controller.core import plan as plan_mod
-from rtt_controller.reconcile import applying, records, telemetry
+from rtt_controller.reconcile import applying, records, rollout, telemetry
 from rtt_controller.reconcile import coordinator as coord
+from rtt_controller.reconcile import gate as slo
 from rtt_controller.signing import keys, sidecar
 from rtt_controller.source import commits, gitrepo
 from rtt_controller.source.snapshot import ParseCache, Snapshot
@@ -209,7 +210,7 @@ class Loop:
             return self._drift(status, observed, head)
         if drifting and not self._healing:  # (stray links already recorded this drift)
             self._record_drift(status, observed, head, healing=True)
-        return self._apply(head, built, result.desired.graph, drift=drifting)
+        return self._apply(head, built, result.desired.graph, policy.rollout, drift=drifting)
 
     def _observed(self, status: Mapping[str, Any], head: str) -> inventory.Graph:
         """The observed graph, after removing stray half-links (healing) or recording them
@@ -340,8 +341,8 @@ class Loop:
             key_id, trust.decode_public_key(keys.public_key_text(private.public_key()),
                                             key_id=key_id)),))
 
-    def _apply(self, head: str, built: plan_mod.Plan, desired: inventory.Graph, *,
-               drift: bool) -> Pass:
+    def _apply(self, head: str, built: plan_mod.Plan, desired: inventory.Graph,
+               policy: model.Rollout, *, drift: bool) -> Pass:
         assert self.coordinator is not None
         path = self._store(built)
         data = orjson.loads(path.read_bytes())
@@ -349,35 +350,81 @@ class Loop:
         self.say(f"{head[:12]}: applying {built.plan_id[:19]} ({len(built.steps)} steps in "
                  f"{len(batches)} batches)")
         self.book.set_status(phase=records.Phase.APPLYING.value, revision=head,
-                             plan_id=built.plan_id, since=records.utc_now(time.time))
+                             plan_id=built.plan_id, canary=None,
+                             since=records.utc_now(time.time))
         began, started = time.monotonic(), records.utc_now(time.time)
+        canary = self._canary(head, batches, policy, desired.hash)
         with self.otel.phase("apply", plan_id=built.plan_id, batches=len(batches)):
             result = self.coordinator.apply(
-                plan_id=built.plan_id, batches=batches,
-                desired_hash=str(built.content["desired_graph_hash"]),
+                plan_id=built.plan_id, batches=batches, desired_hash=desired.hash,
                 signed_plan=applying.signed(path, data), on_verify=self._verifying,
-                desired=desired)
-        return self._finish(head, built.plan_id, str(built.content["desired_graph_hash"]),
-                            result, began=began, started=started, drift=drift)
+                desired=desired, canary=coord.Canary(canary.ends, canary.gate) if canary
+                else None)
+        return self._finish(head, built.plan_id, desired.hash, result, began=began,
+                            started=started, drift=drift, canary=canary)
+
+    def _canary(self, head: str, batches: Sequence[Sequence[Any]], policy: model.Rollout,
+                desired_hash: str) -> rollout.Rollout | None:
+        """The canary for this apply, or None: canary off in policy, nothing to apply, or a
+        revert to a graph promoted before when policy allows the fast path."""
+        if not policy.canary or not batches:
+            return None
+        if policy.fast_revert and any(e.outcome == Outcome.PROMOTED.value
+                                      and e.desired_graph_hash == desired_hash
+                                      for e in self.book.history()):
+            self.say(f"{head[:12]}: this graph was promoted before: fast path, no canary")
+            return None
+        return rollout.Rollout(nodes=self.settings.nodes, policy=policy, batches=batches,
+                               superseded=lambda: self._moved(head),
+                               observe=self._observe_canary(policy))
+
+    def _moved(self, head: str) -> bool:
+        """Whether the branch has moved past `head` (a paused canary gives way to it)."""
+        try:
+            return self._head()[1] != head
+        except Transient:
+            return False
+
+    def _observe_canary(self, policy: model.Rollout) -> rollout.Observer:
+        def observe(record: rollout.StepRecord, window: slo.Window | None) -> None:
+            paused = (window is not None and window.verdict is slo.Verdict.INCONCLUSIVE
+                      and policy.on_inconclusive == "pause")
+            phase = records.Phase.PAUSED if paused else records.Phase.CANARY
+            self.book.set_status(phase=phase.value, since=records.utc_now(time.time),
+                                 canary={"step": record.percent, "batches": record.batches,
+                                         "routes": record.routes,
+                                         "windows": len(record.windows),
+                                         "last": window.summary() if window else None})
+            self.otel.canary_step.set(record.percent)
+            if window is not None:
+                self.otel.verdicts.add(1, {"verdict": window.verdict.value})
+                self.say(f"canary {record.percent}%: window {len(record.windows)}: "
+                         f"{window.summary()}")
+        return observe
 
     def _verifying(self) -> None:
         self.book.set_status(phase=records.Phase.VERIFYING.value,
                              since=records.utc_now(time.time))
 
     def _finish(self, head: str, plan_id: str, desired: str, result: coord.Result, *,
-                began: float, started: str, drift: bool = False) -> Pass:
+                began: float, started: str, drift: bool = False,
+                canary: rollout.Rollout | None = None) -> Pass:
         took = time.monotonic() - began
         self.otel.apply_s.record(took)
         self.otel.batches.add(result.committed)
-        if result.outcome is not coord.Outcome.PROMOTED:
+        if result.outcome is coord.Outcome.PROMOTED:
+            self.otel.promotions.add(1)
+        else:
             self.otel.rollbacks.add(1)
+            self.otel.rollback_s.record(took)
         outcome = {coord.Outcome.PROMOTED: Outcome.PROMOTED,
                    coord.Outcome.ROLLED_BACK: Outcome.ROLLED_BACK,
                    coord.Outcome.FAILED: Outcome.FAILED}[result.outcome]
+        steps_judged = tuple(step.to_json() for step in canary.steps) if canary else ()
         self.book.append(records.Entry(
             revision=head, plan_id=plan_id, outcome=outcome.value + (" (drift)" if drift else ""),
             started_at=started, duration_s=round(took, 3), batches=result.committed,
-            reason=result.reason))
+            reason=result.reason, desired_graph_hash=desired, canary=steps_judged))
         if result.outcome is coord.Outcome.PROMOTED:
             self.book.set_status(phase=records.Phase.CONVERGED.value, revision=head,
                                  applied_plan_id=plan_id, desired_graph_hash=desired,
@@ -416,17 +463,31 @@ class Loop:
                  f"{open_plan.batches} batches committed"
                  + (", rolling back)" if open_plan.rolling_back else ")"))
         began, started = time.monotonic(), records.utc_now(time.time)
+        batches = applying.batches(built)
+        desired = str(built.content["desired_graph_hash"])
+        policy = self._policy_at(head)  # its canary goes on where the crash stopped it
+        canary = self._canary(head, batches, policy.rollout, desired) if policy else None
         try:
-            result = self.coordinator.resume(applying.batches(built),
-                                             applying.signed(path, data),
-                                             on_verify=self._verifying)
+            result = self.coordinator.resume(
+                batches, applying.signed(path, data), on_verify=self._verifying,
+                canary=coord.Canary(canary.ends, canary.gate) if canary else None)
         except (OSError, ClientError, ConnectionError) as exc:
             raise Transient(f"resuming {built.plan_id}: {exc}") from None
         try:
-            return self._finish(head, built.plan_id, str(built.content["desired_graph_hash"]),
-                                result, began=began, started=started)
+            return self._finish(head, built.plan_id, desired, result, began=began,
+                                started=started, canary=canary)
         except Transient as exc:
             self.say(f"recovery: {exc}")
+            return None
+
+    def _policy_at(self, revision: str) -> model.Policy | None:
+        """The policy of a revision (None if it cannot be read: then no canary gates)."""
+        try:
+            repo = gitrepo.open_repo(self._local())
+            prefix = gitrepo.prefix_of(repo, self._local()) if repo.workdir else ""
+            snap = gitrepo.snapshot(repo, revision, self.cache, prefix=prefix)
+            return planner.validate(snap.files).policy
+        except (gitrepo.SourceError, planner.Rejected, ValueError):
             return None
 
     # --- running ---------------------------------------------------------------------------------

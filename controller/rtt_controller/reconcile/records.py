@@ -26,6 +26,8 @@ class Phase(enum.StrEnum):
     PLANNING = "planning"
     APPLYING = "applying"
     VERIFYING = "verifying"
+    CANARY = "canary"  # a canary step's gate is judging windows
+    PAUSED = "paused"  # inconclusive under on_inconclusive: pause; held at this step
     CONVERGED = "converged"
     ROLLED_BACK = "rolled-back"
     FAILED = "failed"
@@ -42,6 +44,8 @@ class Entry:
     duration_s: float
     batches: int  # forward batches committed
     reason: str = ""
+    desired_graph_hash: str = ""  # of the plan, so a revert to a promoted graph is known
+    canary: tuple[dict[str, Any], ...] = ()  # each canary step and its windows' verdicts
 
 
 def utc_now(clock: Callable[[], float]) -> str:

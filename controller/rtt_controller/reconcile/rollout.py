@@ -103,8 +103,15 @@ class Rollout:
         self.steps.append(record)
         self.observe(record, None)
         failed = 0
+        first = self._read_or_none()
+        since = None if isinstance(first, str) else first
         while True:
-            window = self._window(routes)
+            window, after = self._window(routes, since)
+            # Waiting on an inconclusive window gathers more samples: the next judgment covers
+            # the step since the last conclusive one (still one merged histogram per route).
+            keep = window.verdict is slo.Verdict.INCONCLUSIVE and \
+                self.policy.on_inconclusive != "rollback"
+            since = since if keep and since is not None else after
             record.windows.append(window)
             self.observe(record, window)
             label = f"canary step {record.percent}% ({len(routes)} routes)"
@@ -133,21 +140,26 @@ class Rollout:
             return "paused while inconclusive, and a new revision superseded it"
         return ""
 
-    def _window(self, routes: Mapping[slo.RouteKey, float]) -> slo.Window:
-        try:
-            before = self._read()
-            self.sleep(self.policy.window_s)
-            after = self._read()
-        except (OSError, ClientError) as exc:  # a node out of reach: nothing to judge by
-            self.sleep(self.policy.window_s)
+    def _window(self, routes: Mapping[slo.RouteKey, float], since: Any
+                ) -> tuple[slo.Window, Any]:
+        """Sleep one window, then judge `routes` from `since` (a snapshot; None: unreadable)
+        to now. Returns the window and the snapshot it ended on."""
+        self.sleep(self.policy.window_s)
+        after = self._read_or_none()
+        if since is None or isinstance(after, str):
+            why = after if isinstance(after, str) else "the step's first read failed"
             return slo.Window(slo.Verdict.INCONCLUSIVE, tuple(
-                slo.RouteVerdict(route, slo.Verdict.INCONCLUSIVE, f"unreadable: {exc}")
-                for route in sorted(routes)))
-        return slo.judge(before, after, routes, self.limits)
+                slo.RouteVerdict(route, slo.Verdict.INCONCLUSIVE, f"unreadable: {why}")
+                for route in sorted(routes))), None
+        return slo.judge(since, after, routes, self.limits), after
 
-    def _read(self) -> Any:
-        return slo.snapshot({name: node.call("flight")
-                              for name, node in sorted(self.nodes.items())})
+    def _read_or_none(self) -> Any:
+        """Every node's flight pages as one snapshot, or why they could not be read."""
+        try:
+            return slo.snapshot({name: node.call("flight")
+                                 for name, node in sorted(self.nodes.items())})
+        except (OSError, ClientError) as exc:  # a node out of reach: nothing to judge by
+            return str(exc)
 
 
 def _percents(ends: Sequence[int], percents: Sequence[int],

@@ -1,8 +1,9 @@
 """The loop's OpenTelemetry traces and metrics, with the exporter off unless asked for.
 
-One span per reconcile pass, with a child span per phase (fetch, plan, sign, apply, verify), and
-five instruments: reconcile and apply durations (histograms, seconds), and batches committed,
-rollbacks and drift events (counters). The SDK providers always run, so the values exist for a
+One span per reconcile pass, with a child span per phase (fetch, plan, sign, apply), and these
+instruments: reconcile, apply and rollback durations (histograms, seconds); batches committed,
+promotions, rollbacks, drift events and gate verdicts by verdict (counters); the canary step
+being judged (a gauge, percent). The SDK providers always run, so the values exist for a
 test's in-memory reader; nothing leaves the process unless an exporter is chosen with
 `rtt controller run --otel otlp|console` or `RTT_OTEL=otlp|console`. OTLP goes over HTTP to the
 endpoint the standard `OTEL_EXPORTER_OTLP_ENDPOINT` names (default http://localhost:4318).
@@ -85,6 +86,15 @@ class Telemetry:
             "rtt.rollbacks", description="plans rolled back (a NACK or a failed verify)")
         self.drift = meter.create_counter(
             "rtt.drift", description="drift events: the fabric left the last applied graph")
+        self.promotions = meter.create_counter(
+            "rtt.promotions", description="plans promoted (every canary step passed)")
+        self.rollback_s = meter.create_histogram(
+            "rtt.rollback.duration", unit="s", description="an apply that ended rolled back")
+        self.verdicts = meter.create_counter(
+            "rtt.gate.verdicts", description="canary windows judged, by verdict")
+        self.canary_step = meter.create_gauge(
+            "rtt.canary.step", unit="%", description="the canary step being judged: the share "
+                                                     "of the plan's route changes applied")
 
     @contextlib.contextmanager
     def phase(self, name: str, **attributes: Any) -> Iterator[trace.Span]:
