@@ -75,7 +75,7 @@ def test_diff_renders_a_pull_request_comment(example_repo):
                            """  - from: rtt://core/api/session
     to: rtt://cache/api/kv
     version: ^5
-    qos: {latency_budget_ms: 1, throughput_qps: 40000}
+    qos: {latency_budget_ms: 5, throughput_qps: 40000}
 """, ""))
     example_repo.commit("move session, drop reindex, bump recommend")
     done = rtt("diff", "--repo", str(example_repo.path), "--base", base, "--head", "HEAD",
