@@ -57,7 +57,7 @@ def routes_yaml(routes: Iterable[tuple[int, str]]) -> str:
 POLICY = """\
 acl:
   default: allow
-qos_defaults: {throughput_qps: 100000, backpressure: buffer}
+qos_defaults: {throughput_qps: 100000, backpressure: buffer%(breaker)s}
 nodes:
   - {name: n0, shm_mb: 256}
   - {name: n1, shm_mb: 256}
@@ -71,6 +71,8 @@ rollout:
   failure_threshold: %(failure_threshold)d
   max_windows: %(max_windows)d
   fast_revert: %(fast_revert)s
+  max_error_rate: %(max_error_rate)s
+  settle_s: %(settle)s
 reconcile:
   drift: %(drift)s
 routing:
@@ -92,8 +94,11 @@ def seed(repo: Repo, *, width: int, routes: Iterable[tuple[int, str]], batch: in
 def policy(*, batch: int = 16, drift: str = "heal", greedy: int = 1000, canary: bool = False,
            steps: tuple[int, ...] = (10, 50, 100), window: float = 0.5, min_samples: int = 100,
            on_inconclusive: str = "wait", failure_threshold: int = 1, max_windows: int = 3,
-           fast_revert: bool = False) -> str:
-    return POLICY % {"batch": batch, "drift": drift, "greedy": greedy,
+           fast_revert: bool = False, max_error_rate: float = 0.01,
+           breaker_errors: int | None = None, settle: float = 0.5) -> str:
+    breaker = f", breaker: {{errors: {breaker_errors}, window_s: 10}}" if breaker_errors else ""
+    return POLICY % {"batch": batch, "drift": drift, "greedy": greedy, "breaker": breaker,
+                     "max_error_rate": max_error_rate, "settle": settle,
                      "canary": str(canary).lower(), "steps": list(steps), "window": window,
                      "min_samples": min_samples, "on_inconclusive": on_inconclusive,
                      "failure_threshold": failure_threshold, "max_windows": max_windows,

@@ -226,6 +226,9 @@ class Rollout(Frozen):
     # A window fails a route whose error (corrupt, oversize) or drop rate is over these.
     max_error_rate: Annotated[float, pydantic.Strict(), pydantic.Field(ge=0, le=1)] = 0.01
     max_drop_rate: Annotated[float, pydantic.Strict(), pydantic.Field(ge=0, le=1)] = 0.01
+    # After a step's batches commit, services install their new lanes; frames queued meanwhile
+    # would charge that start-up to the route's p99. The first window opens this much later.
+    settle_s: Annotated[float, pydantic.Strict(), pydantic.Field(ge=0, le=600)] = 1.0
     # on_inconclusive "wait": windows judged at one step before an inconclusive step rolls back.
     max_windows: Annotated[int, pydantic.Strict(), pydantic.Field(ge=1)] = 6
     # false: apply the whole plan at once, verify, and promote without judging any window.

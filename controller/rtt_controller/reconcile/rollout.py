@@ -102,7 +102,11 @@ class Rollout:
         record = StepRecord(self.percents[step], committed, len(routes))
         self.steps.append(record)
         self.observe(record, None)
+        if not routes:  # the step only removed routes: there is nothing to measure
+            record.outcome = "passed: no route added or changed"
+            return True, ""
         failed = 0
+        self.sleep(self.policy.settle_s)  # lanes install, services rewire: not the route's p99
         first = self._read_or_none()
         since = None if isinstance(first, str) else first
         while True:
