@@ -27,7 +27,7 @@ def entry(latencies_ns: list[int], *, route_id: int = 1, breaker: str = "closed"
           **counters: int) -> dict[str, Any]:
     """A route's entry of a node's `flight` answer, cumulative."""
     hist = flight.Histogram.of(latencies_ns)
-    base = {name: 0 for name in COUNTERS} | {"rx_frames": len(latencies_ns),
+    base = dict.fromkeys(COUNTERS, 0) | {"rx_frames": len(latencies_ns),
                                               "tx_frames": len(latencies_ns)}
     return {"route_id": route_id, "from": ROUTE[0], "to": ROUTE[1], "class": ROUTE[2],
             "lane": "shm", "counters": base | counters, "breaker": breaker,
@@ -177,7 +177,7 @@ def test_rollback_on_inconclusive_rolls_back_at_once() -> None:
 
 
 def test_pause_holds_until_a_new_revision_supersedes() -> None:
-    r, node = _rollout([cumulative(0)], on_inconclusive="pause")
+    r, _ = _rollout([cumulative(0)], on_inconclusive="pause")
     asked = iter([False, False, True])
     r.superseded = lambda: next(asked)
     ok, why = r.gate(0, 1)
