@@ -86,6 +86,7 @@ def test_diff_renders_a_pull_request_comment(example_repo):
     for fragment in ("#### Added (1)", "rtt://core/api/session -> rtt://auth/api/token",
                      "#### Removed (2)", "rtt://ingest/hook/reindex",
                      "#### Changed (1)", "throughput_qps': 1000", "#### Batches",
+                     "#### Canary (", "judged over 6 s windows", "| 100% |",
                      "**Plan** `sha256-"):
         assert fragment in body
 

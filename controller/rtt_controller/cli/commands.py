@@ -21,7 +21,7 @@ from rtt_controller.cli import signatures
 from rtt_controller.cli.exits import INVALID, OK, UsageError
 from rtt_controller.core import inventory, loading, planner, render
 from rtt_controller.core import plan as plan_mod
-from rtt_controller.reconcile import applying, records
+from rtt_controller.reconcile import applying, records, rollout
 from rtt_controller.reconcile import coordinator as coord
 from rtt_controller.source import directory, gitrepo
 from rtt_controller.source.snapshot import ParseCache, Snapshot
@@ -276,7 +276,15 @@ def diff(args: argparse.Namespace) -> int:
     cache = ParseCache()
     base = _plan(args, cache, rev=args.base, base=inventory.EMPTY).desired.graph
     result = _plan(args, cache, rev=args.head, base=base)
-    _emit(result.plan, args.format, title=f"RTT plan: {args.base} → {args.head}")
+    title = f"RTT plan: {args.base} → {args.head}"
+    if args.format != "markdown":
+        _emit(result.plan, args.format, title=title)
+        return OK
+    policy = result.desired.state.policy.rollout
+    canary = [render.CanaryStep(*step) for step in rollout.preview(
+        applying.batches(result.plan), policy.steps)] if policy.canary else None
+    sys.stdout.write(render.markdown(result.plan, title=title, canary=canary,
+                                     window_s=policy.window_s))
     return OK
 
 

@@ -5,7 +5,8 @@ Pure string building over a `Plan`; the CLI picks one by `--format`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rtt_controller.core.plan import Plan
@@ -54,7 +55,18 @@ def text(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(plan: Plan, *, title: str = "RTT plan") -> str:
+@dataclasses.dataclass(frozen=True)
+class CanaryStep:
+    """One canary step as a pull-request comment shows it."""
+
+    percent: int  # the policy step it stands for
+    batches: int  # the plan's batches applied when it is judged
+    changes: int  # route changes applied by then
+
+
+def markdown(plan: Plan, *, title: str = "RTT plan",
+             canary: Sequence[CanaryStep] | None = None, window_s: float | None = None) -> str:
+    """`canary`: the steps the rollout will judge (None: no canary, as policy says)."""
     c = plan.content
     out = [f"### {title}", "", f"**Plan** `{plan.plan_id}`", ""]
     if plan.empty:
@@ -73,6 +85,17 @@ def markdown(plan: Plan, *, title: str = "RTT plan") -> str:
         out += ["#### Batches", "", "| batch | steps |", "|---|---|"]
         out += [f"| {n} | {', '.join(batch)} |" for n, batch in enumerate(c["batches"], 1)]
         out.append("")
+    if c["batches"] and canary is not None:
+        total = len(plan.steps)
+        every = f", each judged over {window_s:g} s windows" if window_s else ""
+        out += [f"#### Canary ({len(canary)} step{'s' if len(canary) > 1 else ''}{every})", "",
+                "| step | batches applied | route changes applied |", "|---|---|---|"]
+        out += [f"| {s.percent}% | {s.batches} of {len(c['batches'])} | {s.changes} of {total} |"
+                for s in canary]
+        out.append("")
+    elif c["batches"]:
+        out += ["#### Canary", "", "None: policy applies the plan at once (`rollout.canary: "
+                "false`), then verifies it.", ""]
     out += [
         "<details><summary>Hashes</summary>", "",
         f"- base graph: `{c['base_graph_hash']}`",

@@ -50,6 +50,16 @@ def stages(batches: Sequence[Sequence[steps.Step]], percents: Sequence[int]) -> 
     return ends
 
 
+def preview(batches: Sequence[Sequence[steps.Step]], percents: Sequence[int]
+            ) -> list[tuple[int, int, int]]:
+    """What a rollout of these batches will judge: (percent, batches applied, route changes
+    applied) per canary step."""
+    ends = stages(batches, percents)
+    reached = list(itertools.accumulate(len(b) for b in batches))
+    return [(p, end, reached[end - 1]) for p, end in zip(_percents(ends, percents, batches),
+                                                          ends, strict=True)]
+
+
 @dataclasses.dataclass
 class StepRecord:
     """One canary step: what was judged, and how it ended."""
