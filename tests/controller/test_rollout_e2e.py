@@ -9,7 +9,9 @@ a pass); a `git revert` on the fast path; a breaker tripped by bad frames.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +175,42 @@ def test_5_a_breaker_tripped_during_the_canary_rolls_back(world: World, traffic)
     assert status["phase"] == "rolled-back"
     assert "breaker open" in status["last_error"]
     assert world.daemons["n0"].graph()["links"] == []
+
+
+def test_rtt_apply_canary_runs_the_rollout_on_a_verified_plan(world: World, traffic,
+                                                              tmp_path: Path) -> None:
+    repo = world.repo
+    public = (world.root / "keys" / "controller.pub").read_text().strip()
+    repo.write("policies/trust.yaml", "trust:\n  keys:\n    - key_id: controller\n"
+               f"      public_key: {public}\n")
+    loopkit.push_routes(repo, [(0, "shm"), (1, "shm")], "two routes and a trust policy")
+    plans = tmp_path / "plans"
+    rtt = [sys.executable, "-m", "rtt_controller.cli.main"]
+    signed = subprocess.run([*rtt, "plan", "--repo", str(repo.path), "--out", f"{plans}/",
+                             "--sign", "key", "--key", str(world.key), "--format", "json"],
+                            capture_output=True, text=True, check=True)
+    plan_file = plans / f"{json.loads(signed.stdout)['plan_id']}.json"
+    nodes = [f"--node=n{i}={world.daemons[f'n{i}'].socket}" for i in range(2)]
+    apply = [*rtt, "apply", str(plan_file), "--repo", str(repo.path), "--canary", "50",
+             "--state", str(tmp_path / "by-hand"), *nodes, "--format", "json"]
+
+    # Unsigned, it is refused before anything is sent.
+    unsigned = tmp_path / "unsigned.json"
+    unsigned.write_bytes(plan_file.read_bytes())
+    refused = subprocess.run([*apply[:4], str(unsigned), *apply[5:]], capture_output=True,
+                             text=True, check=False)
+    assert refused.returncode == 1
+    assert "not a verified plan: plan-unsigned" in refused.stderr
+    assert world.daemons["n0"].graph()["links"] == []
+
+    traffic(0)
+    traffic(1)
+    traffic.attached(4)
+    done = subprocess.run(apply, capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["outcome"] == "promoted"
+    history = json.loads(subprocess.run(
+        [*rtt, "history", "--state", str(tmp_path / "by-hand"), "--format", "json"],
+        capture_output=True, text=True, check=True).stdout)
+    steps = history[-1]["canary"]
+    assert [(s["percent"], s["outcome"]) for s in steps] == [(50, "passed"), (100, "passed")]

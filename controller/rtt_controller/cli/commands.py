@@ -19,7 +19,7 @@ import orjson
 from rtt_controller import solvers
 from rtt_controller.cli import signatures
 from rtt_controller.cli.exits import INVALID, OK, UsageError
-from rtt_controller.core import inventory, loading, planner, render
+from rtt_controller.core import inventory, loading, model, planner, render
 from rtt_controller.core import plan as plan_mod
 from rtt_controller.reconcile import applying, records, rollout
 from rtt_controller.reconcile import coordinator as coord
@@ -304,7 +304,43 @@ def _register_apply(p: argparse.ArgumentParser) -> None:
                    help="a fabric node's control socket, one per node the plan touches")
     p.add_argument("--state", type=Path, default=Path(".rtt/controller"),
                    help="the coordinator's WAL and in-doubt socket (default: .rtt/controller)")
+    p.add_argument("--canary", metavar="PCT[,PCT...]", type=_percents,
+                   help="roll out in canary steps (e.g. 10 or 10,50,100; 100 is added), with "
+                        "the SLO gate of the repository's rollout policy after each; the plan "
+                        "must carry a signature its trust policy accepts")
+    p.add_argument("--repo", type=Path, metavar="PATH",
+                   help="whose policies/ give the gate and the trust policy (default: the "
+                        "nearest folder above PLAN that has policies/)")
     _format_arg(p, ("text", "json"))
+
+
+def _percents(text: str) -> tuple[int, ...]:
+    try:
+        values = sorted({int(v) for v in text.split(",")} | {100})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected percentages like 10,50") from None
+    if values[0] <= 0 or values[-1] > 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: each step must be in 1..100")
+    return tuple(values)
+
+
+def _canary_policy(args: argparse.Namespace, data: Any) -> model.Rollout:
+    """The rollout policy `rtt apply --canary` runs: the repository's, with the steps given;
+    only for a plan whose signatures the repository's trust policy accepts."""
+    why = signatures.refusal(args.plan, data, repo=args.repo, read_snapshot=_snapshot)
+    if why:
+        raise _Refused(f"{args.plan}: not a verified plan: {why}")
+    root = args.repo or signatures.repo_of(args.plan)
+    snap = _snapshot(str(root), None, ParseCache())
+    try:
+        policy = planner.validate(snap.files).policy
+    except planner.Rejected as exc:
+        raise _Invalid(exc.findings, snap) from None
+    return policy.rollout.model_copy(update={"steps": args.canary, "canary": True})
+
+
+class _Refused(Exception):
+    pass
 
 
 def apply(args: argparse.Namespace) -> int:
@@ -317,7 +353,16 @@ def apply(args: argparse.Namespace) -> int:
     if not args.plan.is_file():
         raise UsageError(f"{args.plan}: no such plan file")
     try:
-        result = applying.apply_file(args.plan, nodes=nodes, state=args.state)
+        canary = _canary_policy(args, json.loads(args.plan.read_text(encoding="utf-8"))) \
+            if args.canary else None
+    except _Refused as exc:
+        print(str(exc), file=sys.stderr)
+        return INVALID
+    except ValueError as exc:
+        print(f"{args.plan}:1: plan-format: not JSON ({exc})", file=sys.stderr)
+        return INVALID
+    try:
+        result = applying.apply_file(args.plan, nodes=nodes, state=args.state, canary=canary)
     except plan_mod.PlanFormatError as exc:
         print(f"{args.plan}: {exc}", file=sys.stderr)
         return INVALID
@@ -389,7 +434,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "diff": (_register_diff, _invalid_guard(diff)),
     "keys": (signatures.register_keys, signatures.keys_command),
     "verify": (signatures.register_verify, verify),
-    "apply": (_register_apply, apply),
+    "apply": (_register_apply, _invalid_guard(apply)),
     "status": (_register_records, status),
     "history": (_register_records, history),
     "fabric": (_register_fabric, fabric),

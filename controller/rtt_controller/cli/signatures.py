@@ -184,6 +184,25 @@ def verify(args: argparse.Namespace, *, read_snapshot: ReadSnapshot) -> int:
     return OK if ok else INVALID
 
 
+def refusal(plan_path: Path, document: Mapping[str, Any], *, repo: Path | None,
+            read_snapshot: ReadSnapshot) -> str:
+    """Why the plan is not verified ('' if every signature beside it is valid, trusted and
+    about it), by the trust policy of `repo` (default: the nearest folder above the plan that
+    has policies/). Reports a bad policy on stderr, as `rtt verify` does."""
+    args = argparse.Namespace(trust=None, repo=str(repo) if repo else None)
+    found = _policy(args, plan_path, read_snapshot)
+    if isinstance(found, int):
+        return "the trust policy is invalid"
+    files = sidecar.beside(plan_path)
+    if not files:
+        return f"{trust.Refusal.UNSIGNED.value}: no signature beside {plan_path}"
+    for path in files:
+        verdict = _check(path, document, found[0])
+        if not verdict.ok:
+            return f"{path.name}: {_describe(verdict)}"
+    return ""
+
+
 def _read_plan(path: Path) -> Mapping[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -218,13 +237,13 @@ def _policy(args: argparse.Namespace, plan_path: Path, read_snapshot: ReadSnapsh
             raise UsageError(f"{args.trust}: {exc.strerror}") from None
         parsed = loading.parse_file(args.trust, data)
         return _trust_of([parsed], {args.trust: data}.__getitem__, root=Path())
-    root = Path(args.repo) if args.repo else _repo_of(plan_path)
+    root = Path(args.repo) if args.repo else repo_of(plan_path)
     snap = read_snapshot(str(root), None, ParseCache())
     policy_files = [f for f in snap.files if f.path.startswith(loading.POLICIES_DIR)]
     return _trust_of(policy_files, snap.read, root=root)
 
 
-def _repo_of(plan_path: Path) -> Path:
+def repo_of(plan_path: Path) -> Path:
     for folder in plan_path.resolve().parents:
         if (folder / "policies").is_dir():
             return folder

@@ -17,9 +17,10 @@ from typing import Any
 
 import orjson
 
+from rtt_controller.core import model
 from rtt_controller.core import plan as plan_mod
 from rtt_controller.reconcile import coordinator as coord
-from rtt_controller.reconcile import records
+from rtt_controller.reconcile import records, rollout
 from rtt_controller.signing import sidecar
 from rtt_fabric import steps, wal
 
@@ -46,14 +47,17 @@ _PHASE = {coord.Outcome.PROMOTED: records.Phase.CONVERGED,
 
 
 def apply_file(plan_file: Path, *, nodes: Mapping[str, coord.Node], state: Path,
-               clock: Callable[[], float] = time.time) -> coord.Result:
+               clock: Callable[[], float] = time.time,
+               canary: model.Rollout | None = None) -> coord.Result:
     """Load, check and apply one plan file with a coordinator whose WAL lives in `state`, and
     which answers the nodes' in-doubt queries on `state/coordinator.sock` meanwhile. The status
-    and the history in `state` record the apply (reconcile/records.py)."""
+    and the history in `state` record the apply (reconcile/records.py). With `canary`, the
+    batches go out in its steps, each judged by the SLO gate (reconcile/rollout.py)."""
     data = orjson.loads(plan_file.read_bytes())
     plan = plan_mod.load(data)
     with locked(state):
-        return _apply(plan_file, data, plan, nodes=nodes, state=state, clock=clock)
+        return _apply(plan_file, data, plan, nodes=nodes, state=state, clock=clock,
+                      canary=canary)
 
 
 class Busy(Exception):
@@ -76,18 +80,23 @@ def locked(state: Path) -> Iterator[None]:
 
 
 def _apply(plan_file: Path, data: Mapping[str, Any], plan: plan_mod.Plan, *,
-           nodes: Mapping[str, coord.Node], state: Path,
-           clock: Callable[[], float]) -> coord.Result:
+           nodes: Mapping[str, coord.Node], state: Path, clock: Callable[[], float],
+           canary: model.Rollout | None) -> coord.Result:
     book = records.Records(state)
     started, began = records.utc_now(clock), clock()
     book.set_status(phase=records.Phase.APPLYING.value, plan_id=plan.plan_id,
                     revision=plan.provenance.commit, since=started)
     with wal.Wal.open(state / "wal") as log:
         coordinator = coord.Coordinator(log=log, nodes=nodes)
+        steps_of = batches(plan)
+        gated = None if canary is None else rollout.Rollout(nodes=nodes, policy=canary,
+                                                            batches=steps_of)
         with coord.resolving(coordinator, state / "coordinator.sock"):
-            result = coordinator.apply(plan_id=plan.plan_id, batches=batches(plan),
+            result = coordinator.apply(plan_id=plan.plan_id, batches=steps_of,
                                        desired_hash=str(plan.content["desired_graph_hash"]),
-                                       signed_plan=signed(plan_file, data))
+                                       signed_plan=signed(plan_file, data),
+                                       canary=coord.Canary(gated.ends, gated.gate)
+                                       if gated else None)
     phase = _PHASE[result.outcome]
     book.set_status(phase=phase.value, since=records.utc_now(clock),
                     applied_plan_id=plan.plan_id if phase is records.Phase.CONVERGED
@@ -96,7 +105,9 @@ def _apply(plan_file: Path, data: Mapping[str, Any], plan: plan_mod.Plan, *,
     book.append(records.Entry(revision=plan.provenance.commit, plan_id=plan.plan_id,
                               outcome=result.outcome.value, started_at=started,
                               duration_s=round(clock() - began, 3), batches=result.committed,
-                              reason=result.reason))
+                              reason=result.reason,
+                              desired_graph_hash=str(plan.content["desired_graph_hash"]),
+                              canary=tuple(s.to_json() for s in gated.steps) if gated else ()))
     return result
 
 
