@@ -4,6 +4,7 @@ transient failures, strict nodes, `rtt controller run` and `rtt up`."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from rtt_controller.reconcile import loop, telemetry
+from rtt_controller.signing import keys
 from tests.conftest import ROOT
 from tests.controller import loopkit
 from tests.controller.loopkit import World, converged_on, running, wait_for
@@ -166,3 +168,87 @@ def test_rtt_up_runs_the_shipped_example_to_convergence_and_stops(tmp_path: Path
     leftovers = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True,
                                check=False)
     assert leftovers.stdout.strip() == ""
+
+
+def _publish(repo_path: Path, files: list[Path], branch: str = "rtt-plans") -> None:
+    """What the merge workflow does: commit signed plans to the signatures branch (here with
+    git plumbing, so main's work tree is never touched)."""
+    env_index = repo_path / ".git" / "rtt-plans-index"
+    env = {"GIT_INDEX_FILE": str(env_index)}
+
+    def run(*args: str, data: bytes | None = None) -> str:
+        return subprocess.run(["git", "-C", str(repo_path), *args], input=data,
+                              capture_output=True, check=True,
+                              env={**os.environ, **env, "GIT_AUTHOR_NAME": "ci",
+                                   "GIT_AUTHOR_EMAIL": "ci@example.invalid",
+                                   "GIT_COMMITTER_NAME": "ci",
+                                   "GIT_COMMITTER_EMAIL": "ci@example.invalid"}
+                              ).stdout.decode().strip()
+
+    parent = subprocess.run(["git", "-C", str(repo_path), "rev-parse", "-q", "--verify",
+                             f"refs/heads/{branch}"], capture_output=True, text=True,
+                            check=False).stdout.strip()
+    if parent:
+        run("read-tree", parent)
+    else:
+        run("read-tree", "--empty")
+    for f in files:
+        blob = run("hash-object", "-w", "--stdin", data=f.read_bytes())
+        run("update-index", "--add", "--cacheinfo", f"100644,{blob},plans/{f.name}")
+    tree = run("write-tree")
+    commit = run("commit-tree", tree, *(["-p", parent] if parent else []), "-m", "signed plans")
+    run("update-ref", f"refs/heads/{branch}", commit)
+
+
+@pytest.mark.e2e
+def test_plans_signed_by_ci_on_a_branch_are_verified_and_applied_by_strict_nodes(
+        tmp_path: Path, make_repo) -> None:
+    ci_key, ci_pub = keys.generate("ci", tmp_path / "ci")
+    public = ci_pub.read_text().strip()
+    repo = make_repo("repo")
+    loopkit.seed(repo, width=4, routes=[])
+    repo.write("policies/trust.yaml", "trust:\n  strict_manifests: false\n  keys:\n"
+               f"    - key_id: ci\n      public_key: {public}\n")
+    repo.commit("trust CI's key")
+    w = World(tmp_path, repo)
+    for d in w.daemons.values():  # the nodes trust CI's key, not the controller's
+        d.extra = ("--strict", "--trust", str(repo.path / "policies" / "trust.yaml"))
+    w.start(4)
+    try:
+        with running(w, sign_key=None, signatures="rtt-plans"):
+            wait_for(converged_on(w, loopkit.head(repo)), what="the seed (nothing to sign)")
+            merged = loopkit.push_routes(repo, ROUTES, "three routes")
+            wait_for(lambda: "waiting for CI" in str(w.status().get("last_error")),
+                     what="waiting for CI's signature")
+            # CI plans the merge against the previous revision and signs it.
+            out = tmp_path / "ci-plans"
+            done = subprocess.run([sys.executable, "-m", "rtt_controller.cli.main", "plan",
+                                   "--repo", str(repo.path), "--rev", merged, "--base",
+                                   f"{merged}~1", "--out", f"{out}/", "--sign", "key",
+                                   "--key", str(ci_key)], capture_output=True, text=True,
+                                  check=False)
+            assert done.returncode == 0, done.stderr
+            _publish(repo.path, sorted(out.iterdir()))
+            wait_for(converged_on(w, merged), what="converged on CI's plan\n" + loopkit.dump(w))
+            status = w.status()
+            plan = w.state / "plans" / f"{status['applied_plan_id']}.json"
+            assert plan.with_name(plan.name.replace(".json", ".dsse.json")).exists()
+
+            # A tampered signature is refused: the revision is judged, nothing applied.
+            before = w.observed_hash()
+            second = loopkit.push_routes(repo, ROUTES[:1], "one route")
+            out2 = tmp_path / "ci-plans-2"
+            subprocess.run([sys.executable, "-m", "rtt_controller.cli.main", "plan",
+                            "--repo", str(repo.path), "--rev", second, "--base", f"{second}~1",
+                            "--out", f"{out2}/", "--sign", "key", "--key", str(ci_key)],
+                           capture_output=True, check=True)
+            sig = next(out2.glob("*.dsse.json"))
+            data = json.loads(sig.read_text())
+            data["signatures"][0]["sig"] = data["signatures"][0]["sig"][:-4] + "AAA="
+            sig.write_text(json.dumps(data))
+            _publish(repo.path, sorted(out2.iterdir()))
+            wait_for(lambda: w.status().get("judged_revision") == second, what="refused")
+            assert "signature-invalid" in w.status()["last_error"]
+            assert w.observed_hash() == before
+    finally:
+        w.stop()

@@ -396,9 +396,18 @@ def status(args: argparse.Namespace) -> int:
         print(f"{args.state}: no apply recorded yet")
     else:
         print(f"phase {current.get('phase')} since {current.get('since')}")
-        for key in ("revision", "plan_id", "applied_plan_id", "observed_graph_hash",
-                    "last_error"):
+        for key in ("watched_revision", "revision", "plan_id", "applied_plan_id",
+                    "observed_graph_hash", "last_error"):
             print(f"  {key}: {current.get(key)}")
+        if current.get("drift"):
+            drift = current["drift"]
+            mode = "healing" if drift.get("healing") else "detect-only"
+            print(f"  drift: observed {drift.get('observed_graph_hash')} since "
+                  f"{drift.get('detected_at')} ({mode})")
+        if current.get("canary") and current.get("phase") in ("canary", "paused"):
+            c = current["canary"]
+            print(f"  canary: step {c.get('step')}% ({c.get('routes')} routes), window "
+                  f"{c.get('windows')}: {c.get('last') or 'first window running'}")
     return OK
 
 
@@ -409,9 +418,13 @@ def history(args: argparse.Namespace) -> int:
         print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
         return OK
     for e in entries:
-        print(f"{e.started_at}  {(e.revision or '-')[:12]:12}  {e.plan_id[:19]}  "
+        print(f"{e.started_at}  {(e.revision or '-')[:12]:12}  {e.plan_id[:19] or '-':19}  "
               f"{e.outcome:11}  {e.duration_s:.3f}s  {e.batches} batch(es)"
               + (f"  {e.reason}" if e.reason else ""))
+        for step in e.canary:  # the canary's verdicts, window by window
+            verdicts = ", ".join(w["verdict"] for w in step["windows"]) or "-"
+            print(f"    canary {step['percent']}%: {step['outcome'] or 'cut short'} "
+                  f"({step['routes']} routes; windows: {verdicts})")
     return OK
 
 

@@ -71,6 +71,10 @@ def register_controller(p: argparse.ArgumentParser) -> None:
                      help="WAL, plans, status and history (default: .rtt/controller)")
     run.add_argument("--sign-key", type=Path, metavar="ID.key",
                      help="sign every plan with this ed25519 key (rtt keys generate)")
+    run.add_argument("--signatures", metavar="BRANCH",
+                     help="use the plan signatures CI publishes on BRANCH (plans/<plan_id>."
+                          "sigstore.json or .dsse.json), verified against the revision's trust "
+                          "policy; without --sign-key, wait for them")
     run.add_argument("--once", action="store_true",
                      help="stop after the first settled pass; exit 0 if converged")
     _loop_args(run)
@@ -96,7 +100,7 @@ def _nodes(specs: Sequence[str]) -> dict[str, coord.Node]:
 def controller(args: argparse.Namespace) -> int:
     settings = loop.Settings(repo=args.repo, state=args.state, nodes=_nodes(args.fabric),
                              branch=args.branch, sign_key=args.sign_key, solver=args.solver,
-                             resync_s=args.resync)
+                             resync_s=args.resync, signatures=args.signatures)
     return _run(settings, args, once=args.once)
 
 

@@ -82,6 +82,7 @@ class Settings:
     nodes: Mapping[str, coord.Node]
     branch: str = "main"
     sign_key: Path | None = None  # ed25519 key that signs each plan; None: unsigned
+    signatures: str | None = None  # a branch where CI publishes signed plans (plans/<id>.*)
     solver: str = "cbc"
     resync_s: float = 30.0  # a pass at least this often, events or not
     debounce_ms: int = 20  # ref events closer than this are one wake-up
@@ -182,19 +183,9 @@ class Loop:
         if status.get("revision") != head:  # a resync at the same revision stays "converged"
             self.book.set_status(phase=records.Phase.PLANNING.value,
                                  since=records.utc_now(time.time))
-        with self.otel.phase("plan", revision=head):
-            try:
-                snap = gitrepo.snapshot(repo, head, self.cache, prefix=prefix)
-            except gitrepo.SourceError as exc:
-                return self._judged(head, Outcome.INVALID, "", str(exc), observed)
-            try:
-                result = planner.make_plan(
-                    snap.files, base=observed, solve=solvers.solver(self.settings.solver),
-                    backend=self.settings.solver, memo=self.memo,
-                    origin=plan_mod.Provenance(repo=snap.repo, commit=snap.commit,
-                                               created_at=snap.created_at, backend=""))
-            except planner.Rejected as exc:
-                return self._invalid(head, snap, exc.findings)
+        result = self._plan(repo, head, prefix, observed)
+        if isinstance(result, Pass):
+            return result
         policy = result.desired.state.policy
         self._drift_mode = policy.reconcile.drift
         refused = self._commit_signatures(repo, head, policy.trust, status)
@@ -210,7 +201,30 @@ class Loop:
             return self._drift(status, observed, head)
         if drifting and not self._healing:  # (stray links already recorded this drift)
             self._record_drift(status, observed, head, healing=True)
-        return self._apply(head, built, result.desired.graph, policy.rollout, drift=drifting)
+        published = self._signature(repo, head, prefix, built, policy=policy.trust,
+                                    status=status, observed=observed)
+        if isinstance(published, Pass):
+            return published
+        return self._apply(head, built, result.desired.graph, policy.rollout, published,
+                           drift=drifting)
+
+    def _plan(self, repo: pygit2.Repository, head: str, prefix: str,
+              observed: inventory.Graph) -> planner.Result | Pass:
+        """The plan from the observed graph to the revision's desired one, or the verdict on
+        a revision that cannot be planned."""
+        with self.otel.phase("plan", revision=head):
+            try:
+                snap = gitrepo.snapshot(repo, head, self.cache, prefix=prefix)
+            except gitrepo.SourceError as exc:
+                return self._judged(head, Outcome.INVALID, "", str(exc), observed)
+            try:
+                return planner.make_plan(
+                    snap.files, base=observed, solve=solvers.solver(self.settings.solver),
+                    backend=self.settings.solver, memo=self.memo,
+                    origin=plan_mod.Provenance(repo=snap.repo, commit=snap.commit,
+                                               created_at=snap.created_at, backend=""))
+            except planner.Rejected as exc:
+                return self._invalid(head, snap, exc.findings)
 
     def _observed(self, status: Mapping[str, Any], head: str) -> inventory.Graph:
         """The observed graph, after removing stray half-links (healing) or recording them
@@ -313,13 +327,65 @@ class Loop:
 
     # --- sign, apply -----------------------------------------------------------------------------
 
-    def _store(self, built: plan_mod.Plan) -> Path:
+    def _signature(self, repo: pygit2.Repository, head: str, prefix: str, built: plan_mod.Plan,
+                   *, policy: model.Trust, status: Mapping[str, Any], observed: inventory.Graph
+                   ) -> tuple[Path, bytes] | Pass | None:
+        """CI's signature for the plan, None for the controller's own (or none), or the pass's
+        end: a published signature refused, or none published yet where one is awaited."""
+        published = self._published(repo, prefix, built, policy)
+        if isinstance(published, str):
+            return self._judged(head, Outcome.INVALID, built.plan_id, published, observed)
+        if published is None and self._signer is None and self.settings.signatures:
+            why = (f"waiting for CI to publish a signature of {built.plan_id} on "
+                   f"{self.settings.signatures}")
+            if status.get("last_error") != why:
+                self.say(f"{head[:12]}: {why}")
+                self.book.set_status(last_error=why, plan_id=built.plan_id, revision=head)
+            return Pass(Outcome.WAITING, head, built.plan_id, observed.hash, why)
+        return published
+
+    def _published(self, repo: pygit2.Repository, prefix: str, built: plan_mod.Plan,
+                   policy: model.Trust) -> tuple[Path, bytes] | str | None:
+        """The signature CI published for this very plan on the signatures branch
+        (`plans/<plan_id>.sigstore.json` or `.dsse.json`): (where it goes beside the stored
+        plan, its bytes) when the revision's trust policy accepts it, the refusal when it does
+        not, None when there is none (or no branch is followed)."""
+        ref = self.settings.signatures
+        if ref is None:
+            return None
+        for method in (trust.Method.SIGSTORE, trust.Method.ED25519):
+            rel = sidecar.path_for(Path("plans") / f"{built.plan_id}.json", method).as_posix()
+            try:
+                blob = repo.revparse_single(f"refs/heads/{ref}:{rel}")
+            except (KeyError, ValueError, pygit2.GitError):
+                continue
+            if not isinstance(blob, pygit2.Blob):
+                continue
+            data = bytes(blob.data)
+            base = Path(repo.workdir or repo.path) / prefix / "policies"
+            try:
+                accepted = trust.TrustPolicy.from_dict(policy.model_dump(mode="json"), base=base)
+                verdict = trust.bind(trust.verify(data, accepted), built.to_json())
+            except trust.PolicyError as exc:
+                return f"{ref}:{rel}: {exc}"
+            if not verdict.ok:
+                cause = verdict.refusal.value if verdict.refusal else "refused"
+                return f"{ref}:{rel}: {cause}: {verdict.problem}"
+            self.say(f"{built.plan_id[:19]}: signed by {verdict.signer} ({ref}:{rel})")
+            return sidecar.path_for(self.plans / f"{built.plan_id}.json", method), data
+        return None
+
+    def _store(self, built: plan_mod.Plan, published: tuple[Path, bytes] | None = None) -> Path:
         """Write the plan (and its signature) under state/plans before anything applies it:
-        a restarted controller resumes an interrupted plan from this file."""
+        a restarted controller resumes an interrupted plan from this file. A signature CI
+        published (already verified) goes beside it as it is; otherwise the controller's key,
+        if it has one, signs."""
         self.plans.mkdir(parents=True, exist_ok=True)
         path = self.plans / f"{built.plan_id}.json"
         _write_atomic(path, orjson.dumps(built.to_json(), option=orjson.OPT_SORT_KEYS))
-        if self._signer is not None:
+        if published is not None:
+            _write_atomic(*published)
+        elif self._signer is not None:
             with self.otel.phase("sign", plan_id=built.plan_id):
                 key_id, private = self._signer
                 statement = envelope.Statement(plan_id=built.plan_id,
@@ -342,9 +408,10 @@ class Loop:
                                             key_id=key_id)),))
 
     def _apply(self, head: str, built: plan_mod.Plan, desired: inventory.Graph,
-               policy: model.Rollout, *, drift: bool) -> Pass:
+               policy: model.Rollout, published: tuple[Path, bytes] | None, *,
+               drift: bool) -> Pass:
         assert self.coordinator is not None
-        path = self._store(built)
+        path = self._store(built, published)
         data = orjson.loads(path.read_bytes())
         batches = applying.batches(built)
         self.say(f"{head[:12]}: applying {built.plan_id[:19]} ({len(built.steps)} steps in "
