@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -252,3 +254,27 @@ def test_plans_signed_by_ci_on_a_branch_are_verified_and_applied_by_strict_nodes
             assert w.observed_hash() == before
     finally:
         w.stop()
+
+
+@pytest.mark.e2e
+def test_sigterm_stops_a_sleeping_controller_promptly(world: World) -> None:
+    argv = [sys.executable, "-m", "rtt_controller.cli.main", "controller", "run",
+            "--repo", str(world.repo.path), "--state", str(world.state), "--resync", "30s",
+            "--sign-key", str(world.key), "--format", "json",
+            *[f"--fabric={d.socket}" for d in world.daemons.values()]]
+    log = world.root / "controller.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=out)
+    try:
+        wait_for(converged_on(world, loopkit.head(world.repo)), what="converged")
+        time.sleep(0.5)  # now asleep until the next resync, 30 s away
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(10)
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, log.read_text()
+    assert took < 3.0
+    assert "SIGTERM: stopping after the current step" in log.read_text()

@@ -124,9 +124,10 @@ def _run(settings: loop.Settings, args: argparse.Namespace, *, once: bool) -> in
             print(json.dumps(dataclasses.asdict(done), sort_keys=True), flush=True)
         return once and done.outcome in SETTLED
 
-    with _stopping_on_signals(stop):
+    controller = loop.Loop(settings, say=_say, otel=otel)
+    with _stopping_on_signals(stop, controller.wake):
         try:
-            loop.Loop(settings, say=_say, otel=otel).run(stop, until=until)
+            controller.run(stop, until=until)
         except applying.Busy as exc:
             raise UsageError(str(exc)) from None
         finally:
@@ -142,17 +143,18 @@ def _say(message: str) -> None:
 
 
 class _Stopping:
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = events
 
     def __call__(self, signum: int, _: Any) -> None:
         _say(f"{signal.Signals(signum).name}: stopping after the current step")
-        self.stop.set()
+        for event in self.events:  # the stop flag, and the loop's wake-up (it may be asleep)
+            event.set()
 
 
 @contextlib.contextmanager
-def _stopping_on_signals(stop: threading.Event) -> Iterator[None]:
-    handler = _Stopping(stop)
+def _stopping_on_signals(*events: threading.Event) -> Iterator[None]:
+    handler = _Stopping(*events)
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
