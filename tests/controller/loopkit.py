@@ -185,10 +185,10 @@ class World:
 
 
 @contextlib.contextmanager
-def running(world: World, **overrides: Any) -> Iterator[loop.Loop]:
+def running(world: World, *, otel: Any = None, **overrides: Any) -> Iterator[loop.Loop]:
     """The loop in a thread of this process, stopped on the way out."""
     stop = threading.Event()
-    lp = loop.Loop(world.settings(**overrides))
+    lp = loop.Loop(world.settings(**overrides), otel=otel)
     failure: list[BaseException] = []
 
     def body() -> None:

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from rtt_controller.reconcile import telemetry
 from tests.controller import loopkit
 from tests.controller.loopkit import World, converged_on, running, wait_for
 from tests.fabric.conftest import spawn
@@ -88,7 +90,8 @@ def test_1_a_merged_pull_request_is_promoted_step_by_step(world: World, traffic)
     loopkit.git(repo.path, "checkout", "-q", "-b", "feature")
     loopkit.push_routes(repo, [(0, "shm"), (1, "shm")], "two routes, on a branch")
     loopkit.git(repo.path, "checkout", "-q", "main")
-    with running(world):
+    reader = InMemoryMetricReader()
+    with running(world, otel=telemetry.Telemetry(metric_readers=[reader])):
         wait_for(converged_on(world, loopkit.head(repo)), what="the seed")
         loopkit.git(repo.path, "merge", "-q", "--no-ff", "-m", "merge feature", "feature")
         merged = loopkit.head(repo)
@@ -101,6 +104,16 @@ def test_1_a_merged_pull_request_is_promoted_step_by_step(world: World, traffic)
     last = entry.canary[-1]["windows"][-1]
     assert last["verdict"] == "pass"
     assert world.observed_hash() == status["desired_graph_hash"]
+    # The rollout's metrics: verdicts by verdict, the step judged, promotions.
+    data = reader.get_metrics_data()
+    assert data is not None
+    metrics = {m.name: m.data for rm in data.resource_metrics for sm in rm.scope_metrics
+               for m in sm.metrics}
+    verdicts = {dict(p.attributes or {})["verdict"]: p.value
+                for p in metrics["rtt.gate.verdicts"].data_points}
+    assert verdicts.get("pass", 0) >= 2  # one per step at least
+    assert metrics["rtt.promotions"].data_points[0].value == 1
+    assert metrics["rtt.canary.step"].data_points[0].value == 100  # the last step judged
 
 
 def test_2_a_slow_consumer_breaches_p99_and_the_revision_is_rolled_back_for_good(
