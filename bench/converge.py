@@ -1,7 +1,8 @@
 """Commit-to-converged benchmark: the GitOps loop from a `git commit` to observed == desired.
 
     python -m bench.converge [--routes 1000,10000] [--pushes 50] [--warmup 2]
-                             [--routing auto,greedy] [--breakdown 12] [--format markdown|json]
+                             [--routing auto,greedy] [--breakdown 12] [--no-check]
+                             [--solver cbc|highs] [--plain-nodes] [--format markdown|json]
 
 For each route count a fresh world, in a new temporary directory:
 
@@ -9,8 +10,11 @@ For each route count a fresh world, in a new temporary directory:
   rtt://edge/out/pI to rtt://edge/in/pI (shm or uds, both ends on n0) or to rtt://core/in/pI
   (tcp, n0 -> n1), lanes mixed 5:3:2 shm/uds/tcp by index; symbols and routes in files of 250
   routes each (as bench/generate.py writes them), so an edit re-reads one file; policy with
-  acl default allow, qos_defaults, two nodes with --shm-mb of ring budget, and the planner's
-  default `routing.greedy_threshold` (1000: ILP up to 1,000 routes) unless --routing greedy;
+  acl default allow, qos_defaults, two nodes with --shm-mb of ring budget, the planner's
+  default `routing.greedy_threshold` (1000: ILP up to 1,000 routes) unless --routing greedy,
+  the default rollout batches (64 steps) and `rollout: {canary: false}`: a canary waits out SLO
+  windows between steps (10 s each by default) and, with no traffic here, could only end
+  inconclusive, so it measures the policy rather than the loop;
 - two `rtt fabric serve` daemons n0 and n1 (n0 reaches n1's data listener with --peer), in
   strict mode with the controller's key as their trust policy, so every PREPARE carries the
   signed plan and the node verifies it (signing on, end to end); `--plain-nodes` drops strict
@@ -27,14 +31,17 @@ graph):
 - initial converge: one commit adding all --routes routes, from an empty fabric (reported once);
 - --warmup untimed pushes, then --pushes pushes, each changing one route, in a cycle of four:
   remove route r, add r back, move route j between shm and uds, move it back (r and j drawn
-  from a seeded RNG; route count stays at or below --routes, so 1,000 routes stay on the ILP).
+  from a seeded RNG without repeats; the route count stays at or below --routes, so 1,000
+  routes stay on the ILP).
 
 Status is polled every --poll-ms (2 ms); the poll's own cost is measured and printed, and bounds
 the resolution. `git commit`'s own wall time is reported separately. After each push this
-process checks, untimed, that the nodes' graphs hash to the status's desired graph hash.
+process checks, untimed, that the nodes' graphs hash to the status's desired graph hash
+(--no-check skips that).
 
 Breakdown: the controller is then restarted with `--otel console` (state kept, so it starts
-converged) and --breakdown more pushes are timed the same way; its OpenTelemetry spans
+converged; its first pass, which reads and plans everything, is waited out) and --breakdown more
+pushes are timed the same way; its OpenTelemetry spans
 (reconcile, plan, sign, apply) split each pass, matched to the push by revision: wake-up (t0 to
 the pass starting: git commit, the watcher, its debounce), observe (reading both nodes' graphs,
 status writes), plan, sign (+ self-verify), store and status, apply (2PC batches + verify), and
@@ -79,8 +86,7 @@ RTT = [sys.executable, "-m", "rtt_controller.cli.main"]
 GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid"}
 KINDS = ("remove", "add", "lane", "lane back")
-STOP_GRACE_S = 3.0
-FLUSH_S = 6.0  # the console span exporter's batch delay (5 s), and a margin
+STOP_GRACE_S = 60.0
 
 
 def lane_of(i: int) -> str:
@@ -121,7 +127,7 @@ def policy_yaml(*, shm_mb: int, greedy: bool) -> str:
             f"qos_defaults: {{throughput_qps: {QOS['throughput_qps']}, "
             f"latency_budget_ms: {QOS['latency_budget_ms']}, backpressure: taildrop}}\n"
             f"nodes:\n  - {{name: n0, shm_mb: {shm_mb}}}\n  - {{name: n1, shm_mb: {shm_mb}}}\n"
-            + routing)
+            "rollout:\n  canary: false\n" + routing)
 
 
 def chunks(width: int) -> Iterator[tuple[int, int, int]]:
@@ -242,10 +248,8 @@ class Controller:
             self.proc = subprocess.Popen([*self.argv, *extra], stdout=out, stderr=err)
 
     def stop(self) -> None:
-        """SIGTERM; after STOP_GRACE_S, SIGKILL. The loop notices SIGTERM only when its wait
-        for the next pass ends (up to the 30 s resync), and it is idle here (converged, no plan
-        open), so a kill loses nothing; the console exporter has flushed by then (it exports
-        every 5 s and the caller waits longer than that after the last pass)."""
+        """SIGTERM, as an operator stops it (the exporter flushes its last spans on the way
+        out); SIGKILL only if it has not exited within STOP_GRACE_S."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -347,9 +351,10 @@ class World:
         self.greedy = greedy
         self.routes: dict[int, str] = {}
         # Routes are drawn without repeats: each cycle of four pushes returns to the same graph,
-        # so a route drawn twice would give a plan identical to an earlier one (same base, same
-        # step, same plan id), and one controller run reuses that plan's 2PC txids.
+        # so every push is a plan not seen before in the run (a repeated plan id reused its 2PC
+        # txids until ae37eb1, and is a case of its own, not the one measured here).
         self.draws = random.Random(11).sample(range(routes), routes)
+        self._k = self._r = self._j = 0  # pushes made; the route removed; the route moved
 
     def start(self) -> None:
         n0, n1 = self.daemons["n0"], self.daemons["n1"]
@@ -426,10 +431,6 @@ class World:
             time.sleep(self.args.gap_ms / 1e3)
         return done
 
-    _k = 0
-    _r = 0
-    _j = 0
-
     def check(self) -> None:
         """Untimed: the nodes' graphs (each link once) hash to the status's desired hash."""
         links: dict[graph.LinkKey, graph.Link] = {}
@@ -463,8 +464,8 @@ def measure(args: argparse.Namespace, routes: int, greedy: bool) -> dict[str, An
             setup_s = time.perf_counter() - began
             initial = world.initial()
             world.check()
-            world.pushes(args.warmup, check=True)
-            timed = world.pushes(args.pushes, check=True)
+            world.pushes(args.warmup, check=args.check)
+            timed = world.pushes(args.pushes, check=args.check)
             passes = world.controller.passes()
             world.controller.stop()
             spans: list[dict[str, Any]] = []
@@ -473,7 +474,6 @@ def measure(args: argparse.Namespace, routes: int, greedy: bool) -> dict[str, An
                 world.controller.start("--otel", "console", tag="-otel")
                 world.controller.wait_first_pass(timeout_s=300)
                 traced = world.pushes(args.breakdown, check=False)
-                time.sleep(FLUSH_S)
                 world.controller.stop()
                 spans = world.controller.spans()
             poll_s = poll_cost(world.controller)
@@ -606,10 +606,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="route counts, comma-separated (default: 1000,10000)")
     parser.add_argument("--pushes", type=int, default=50, help="timed one-route pushes")
     parser.add_argument("--warmup", type=int, default=2, help="untimed pushes first")
-    parser.add_argument("--routing", default="auto",
+    parser.add_argument("--routing", default="auto,greedy",
                         help="auto (the policy's default greedy_threshold) and/or greedy "
                              "(greedy_threshold: 0), comma-separated; greedy is run only where "
-                             "auto would pick the ILP")
+                             "auto would pick the ILP (default: both)")
     parser.add_argument("--breakdown", type=int, default=12,
                         help="pushes under --otel console for the breakdown (0: none)")
     parser.add_argument("--solver", choices=("cbc", "highs"), default="cbc",
@@ -618,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-ms", type=float, default=100.0,
                         help="idle time between a convergence and the next push")
     parser.add_argument("--shm-mb", type=int, default=4096)
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip the untimed check of the nodes' graphs after each push")
     parser.add_argument("--plain-nodes", action="store_true",
                         help="nodes without --strict (PREPARE carries the signed plan unread)")
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
