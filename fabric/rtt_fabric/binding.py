@@ -63,8 +63,10 @@ def bind(plan_id: str, signature: Mapping[str, Any], content: Mapping[str, Any],
     if verdict.problem is not None:
         raise Refused(verdict.refusal or trust.Refusal.INVALID, verdict.problem)
     try:
-        held = frozenset(step_key(s) for s in plan_steps(content)
-                         if node in (s.link.from_node, s.link.to_node))
+        # A signed plan also vouches for undoing itself: each step's inverse is what a rollback
+        # sends (newest batch first) to put the node back on the plan's base graph.
+        mine = [s for s in plan_steps(content) if node in (s.link.from_node, s.link.to_node)]
+        held = frozenset(step_key(x) for s in mine for x in (s, s.inverse()))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise Refused(trust.Refusal.MISMATCH, f"the signed plan's steps do not read ({exc!r})"
                       ) from None
@@ -88,7 +90,7 @@ def plan_steps(content: Mapping[str, Any]) -> Iterable[steps.Step]:
 
 
 def check(bound: Bound, batch: Iterable[steps.Step]) -> None:
-    """Every step of the batch must be a step of the bound plan."""
+    """Every step of the batch must be a step of the bound plan, or the inverse of one."""
     for step in batch:
         if step_key(step) not in bound.steps:
             raise Refused(trust.Refusal.MISMATCH,

@@ -154,7 +154,7 @@ class World:
         n1.start()
         with n1.client() as c:
             host, port = c.call("status")["data_address"]
-        n0.extra = ("--data-listen", "off", "--peer", f"n1={host}:{port}")
+        n0.extra = (*n0.extra, "--data-listen", "off", "--peer", f"n1={host}:{port}")
         n0.start()
         register_all(self.daemons, width)
         return self

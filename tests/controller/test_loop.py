@@ -278,3 +278,35 @@ def test_sigterm_stops_a_sleeping_controller_promptly(world: World) -> None:
     assert code == 0, log.read_text()
     assert took < 3.0
     assert "SIGTERM: stopping after the current step" in log.read_text()
+
+
+@pytest.mark.e2e
+def test_strict_nodes_take_the_rollback_of_a_signed_plan(tmp_path: Path, make_repo) -> None:
+    """A signed plan vouches for its own undoing: when batch 2 is refused, strict n0 takes the
+    inverse of batch 1 and the fabric ends exactly where it started."""
+    repo = make_repo("repo")
+    loopkit.seed(repo, width=4, routes=[], batch=1)
+    w = World(tmp_path, repo)
+    public = (tmp_path / "keys" / "controller.pub").read_text().strip()
+    trust_file = tmp_path / "trust.yaml"
+    trust_file.write_text("trust:\n  strict_manifests: false\n  keys:\n"
+                          f"    - key_id: controller\n      public_key: {public}\n")
+    for d in w.daemons.values():
+        d.extra = ("--strict", "--trust", str(trust_file))
+    w.start(4)
+    try:
+        with w.daemons["n1"].client() as c:  # route 1's far end is gone: n1 refuses batch 2
+            c.call("unregister", service="core1")
+        with running(w):
+            wait_for(converged_on(w, loopkit.head(repo)), what="the seed")
+            before = w.observed_hash()
+            rev = loopkit.push_routes(repo, [(0, "shm"), (1, "tcp")], "two routes")
+            wait_for(lambda: w.status().get("judged_revision") == rev, what="rolled back\n"
+                     + loopkit.dump(w))
+        status = w.status()
+        assert status["phase"] == "rolled-back", status["last_error"]
+        assert "batch 2 of 2" in status["last_error"]
+        assert w.observed_hash() == before
+        assert w.daemons["n0"].graph()["links"] == []
+    finally:
+        w.stop()

@@ -222,13 +222,15 @@ class Coordinator:
             # Why it was rolling back died with the process: whether the cause has passed is
             # for the next plan to find out.
             return self._roll_back(plan, batches, "resumed after a restart: the plan was "
-                                                  "rolling back", transient=True)
+                                                  "rolling back", transient=True,
+                                   signed_plan=signed_plan)
         why, transient, observed = self._forward(plan, batches, signed_plan=signed_plan,
                                                  on_verify=on_verify, desired=desired,
                                                  canary=canary)
         if why:
             plan.rolling_back = True
-            return self._roll_back(plan, batches, why, transient=transient)
+            return self._roll_back(plan, batches, why, transient=transient,
+                                   signed_plan=signed_plan)
         self._end(plan, Outcome.PROMOTED)
         return Result(Outcome.PROMOTED, plan.plan_id, len(plan.committed), observed_hash=observed)
 
@@ -277,16 +279,18 @@ class Coordinator:
         self.open_plan = None
 
     def _roll_back(self, plan: OpenPlan, batches: Sequence[Sequence[steps.Step]], reason: str,
-                   *, transient: bool) -> Result:
+                   *, transient: bool, signed_plan: Mapping[str, Any] | None = None) -> Result:
         """Inverses of the committed batches, newest first; an inverse is retried, since the
-        fabric must not refuse what it served a moment ago (spec/invariants.md)."""
+        fabric must not refuse what it served a moment ago (spec/invariants.md). The plan's
+        signature goes with them: a strict node takes a signed step's inverse too."""
         committed = len(plan.committed)
         for index in sorted(plan.committed - plan.undone, reverse=True):
             inverse = [step.inverse() for step in reversed(batches[index])]
             for attempt in range(5):
                 txid = self._txid(plan.plan_id, "r", index, attempt)
                 ok, why, _ = self._transaction(
-                    txid, {"plan_id": plan.plan_id, "dir": "r", "batch": index}, inverse, None)
+                    txid, {"plan_id": plan.plan_id, "dir": "r", "batch": index}, inverse,
+                    signed_plan)
                 if ok:
                     break
                 self._sleep(0.05 * 2 ** attempt)
