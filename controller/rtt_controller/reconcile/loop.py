@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import gc
 import os
 import random
 import subprocess
@@ -570,7 +571,7 @@ class Loop:
                 watcher = threading.Thread(target=self._watch, args=(stop,), name="rtt-watch",
                                            daemon=True)
                 watcher.start()
-                delay = 0.0
+                delay, passes = 0.0, 0
                 backoff = Backoff(*self.settings.backoff_s)
                 try:
                     self._recover_with_retries(stop, backoff)
@@ -580,6 +581,8 @@ class Loop:
                             last = self.reconcile()
                             backoff.reset()
                             delay = self.settings.resync_s
+                            passes += 1
+                            _spare_the_collector(passes)
                         except Transient as exc:
                             delay = backoff.next()
                             self.say(f"retrying in {delay:.2f} s: {exc}")
@@ -625,6 +628,20 @@ class Loop:
                                   rust_timeout=1000, yield_on_timeout=False,
                                   raise_interrupt=False):
             self.wake.set()
+
+
+FULL_COLLECT_EVERY = 100  # passes
+
+
+def _spare_the_collector(passes: int) -> None:
+    """What a pass leaves alive (the parse cache, the planner's memo, the graphs) lives until
+    the next one: freezing it keeps the cyclic GC's full collections (150-350 ms at 10k routes,
+    freeing almost nothing; bench/converge.py) out of the next push's path. Every
+    FULL_COLLECT_EVERY passes a real collection runs first, so cyclic garbage cannot pile up."""
+    if passes % FULL_COLLECT_EVERY == 0:
+        gc.unfreeze()
+        gc.collect()
+    gc.freeze()
 
 
 class Backoff:
