@@ -93,7 +93,6 @@ def traffic(desired: planner.Desired) -> dict[str, dict[str, Any]]:
     """node -> what its example traffic process publishes and subscribes (rtt_fabric.demo):
     every route's source sends, at most 200 frames a second and at most 70% of the slowest
     route it feeds (so admission never has to drop), and every route's target drains."""
-    placed = desired.assignment.placement
     rates: dict[str, float] = {}
     sinks: set[str] = set()
     for demand in desired.demands:
@@ -107,7 +106,6 @@ def traffic(desired: planner.Desired) -> dict[str, dict[str, Any]]:
                      "publish": sorted(s for s in mine if s in rates),
                      "rates": {s: rates[s] for s in sorted(mine) if s in rates},
                      "subscribe": sorted(s for s in mine if s in sinks)}
-    assert all(placed.get(s) == n for n, spec in out.items() for s in spec["publish"])
     return out
 
 
