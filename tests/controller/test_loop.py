@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -308,5 +309,53 @@ def test_strict_nodes_take_the_rollback_of_a_signed_plan(tmp_path: Path, make_re
         assert "batch 2 of 2" in status["last_error"]
         assert w.observed_hash() == before
         assert w.daemons["n0"].graph()["links"] == []
+    finally:
+        w.stop()
+
+
+class Counting:
+    """A node that records whether each PREPARE carried the signed plan, and can restart its
+    daemon (forgetting the plans it held) before the nth PREPARE."""
+
+    def __init__(self, node: Any, daemon: Any, restart_before: int = 0) -> None:
+        self.name, self._node, self._daemon = node.name, node, daemon
+        self.restart_before, self.prepares = restart_before, 0
+        self.carried: list[tuple[bool, str]] = []
+
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        if op == "prepare":
+            self.prepares += 1
+            if self.prepares == self.restart_before:
+                self._daemon.stop()
+                self._daemon.start()
+        reply = self._node.call(op, **fields)
+        if op == "prepare":
+            self.carried.append(("plan" in fields, str(reply.get("vote"))))
+        return reply
+
+
+@pytest.mark.e2e
+def test_the_signed_plan_goes_with_a_nodes_first_prepare_only_and_again_if_forgotten(
+        tmp_path: Path, make_repo) -> None:
+    repo = make_repo("repo")
+    loopkit.seed(repo, width=4, routes=[], batch=1)
+    w = World(tmp_path, repo)
+    public = (tmp_path / "keys" / "controller.pub").read_text().strip()
+    trust_file = tmp_path / "trust.yaml"
+    trust_file.write_text("trust:\n  strict_manifests: false\n  keys:\n"
+                          f"    - key_id: controller\n      public_key: {public}\n")
+    for d in w.daemons.values():
+        d.extra = ("--strict", "--trust", str(trust_file))
+    w.start(4)
+    try:
+        n0 = Counting(w.nodes()["n0"], w.daemons["n0"], restart_before=3)
+        with running(w, nodes={"n0": n0, "n1": w.nodes()["n1"]}):
+            wait_for(converged_on(w, loopkit.head(repo)), what="the seed")
+            rev = loopkit.push_routes(repo, [(0, "shm"), (1, "uds"), (2, "shm")], "3 batches")
+            wait_for(converged_on(w, rev), what="converged\n" + loopkit.dump(w))
+        # Batch 1 carries the plan; batch 2 does not need to; n0 restarts before batch 3,
+        # forgets the plan, refuses the bare PREPARE and takes it with the plan attached.
+        assert n0.carried == [(True, "ack"), (False, "ack"), (False, "nack"), (True, "ack")]
+        assert w.observed_hash() == w.status()["desired_graph_hash"]
     finally:
         w.stop()

@@ -123,6 +123,7 @@ class Coordinator:
         self._log(Kind.START, {"epoch": self.epoch})
         self._in_flight: tuple[str, dict[str, Any]] | None = None
         self._seq = 0  # transactions run in this epoch
+        self._plans_sent: set[tuple[str, str]] = set()  # (node, plan id) it has taken
 
     def _replay(self, kind: int, record: dict[str, Any]) -> None:
         if kind == Kind.START:
@@ -326,10 +327,9 @@ class Coordinator:
             self._in_flight = (txid, where)
         prepared, reason, transient = [], "", False
         for name, part in slices.items():
-            extra = {"plan": dict(signed_plan)} if signed_plan is not None else {}
             try:
-                vote = self.nodes[name].call("prepare", txid=txid, plan_id=plan_id,
-                                             steps=[steps.to_json(s) for s in part], **extra)
+                vote = self._prepare(name, txid, plan_id, [steps.to_json(s) for s in part],
+                                     signed_plan)
             except (OSError, ClientError, ConnectionError) as exc:
                 reason, transient = f"{name}: no vote ({exc})", True
                 break
@@ -351,6 +351,27 @@ class Coordinator:
         for name in prepared if decision == "abort" else slices:
             self._deliver(name, "commit" if decision == "commit" else "abort", txid)
         return decision == "commit", reason, transient
+
+    def _prepare(self, name: str, txid: str, plan_id: str, payload: list[dict[str, Any]],
+                 signed_plan: Mapping[str, Any] | None) -> dict[str, Any]:
+        """PREPARE on one node. The signed plan (megabytes at 10k routes, and verified again by
+        a strict node whenever it comes) goes with a node's first PREPARE of the plan only; a
+        node that no longer holds it (restarted, or holding newer plans) says `plan-unsigned`,
+        and gets it again."""
+        node = self.nodes[name]
+        if signed_plan is None:
+            return node.call("prepare", txid=txid, plan_id=plan_id, steps=payload)
+        attach = (name, plan_id) not in self._plans_sent
+        vote = node.call("prepare", txid=txid, plan_id=plan_id, steps=payload,
+                         **({"plan": dict(signed_plan)} if attach else {}))
+        if (not attach and vote.get("vote") != "ack"
+                and str(vote.get("reason", "")).startswith("plan-unsigned")):
+            attach = True
+            vote = node.call("prepare", txid=txid, plan_id=plan_id, steps=payload,
+                             plan=dict(signed_plan))
+        if attach and vote.get("vote") == "ack":
+            self._plans_sent.add((name, plan_id))
+        return vote
 
     def _deliver(self, name: str, op: str, txid: str) -> None:
         """Send a logged decision until the node takes it (a node that restarts in doubt asks
