@@ -53,13 +53,6 @@ class RouteVerdict:
     drop_rate: float = 0.0
     breaker: str = "closed"
 
-    def to_json(self) -> dict[str, Any]:
-        return {"from": self.route[0], "to": self.route[1], "class": self.route[2],
-                "verdict": self.verdict.value, "why": self.why, "samples": self.samples,
-                "p99_us": self.p99_us, "budget_us": self.budget_us,
-                "error_rate": round(self.error_rate, 6), "drop_rate": round(self.drop_rate, 6),
-                "breaker": self.breaker}
-
 
 @dataclasses.dataclass(frozen=True)
 class Window:
@@ -73,9 +66,6 @@ class Window:
         more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
         return f"{self.verdict.value} ({len(self.routes)} routes)" + (
             f": {shown}{more}" if bad else "")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"verdict": self.verdict.value, "routes": [r.to_json() for r in self.routes]}
 
 
 def snapshot(answers: Mapping[str, Mapping[str, Any]]) -> _Seen:
