@@ -87,9 +87,9 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
 
 
 def register_tap(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--flight", type=_duration, required=True, metavar="DURATION",
+    parser.add_argument("--flight", type=duration_arg, required=True, metavar="DURATION",
                         help="how long to tap, e.g. 5s: per-route windows as NDJSON")
-    parser.add_argument("--interval", type=_duration, default=1.0, metavar="DURATION",
+    parser.add_argument("--interval", type=duration_arg, default=1.0, metavar="DURATION",
                         help="one window per route per interval (default 1s)")
     parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
     parser.add_argument("--format", choices=("ndjson", "text"), default="ndjson")
@@ -128,7 +128,8 @@ class _TextLines:
         self._out.flush()
 
 
-def _duration(text: str) -> float:
+def duration_arg(text: str) -> float:
+    """`tap.duration` as an argparse type: '5s', '500ms', '2m' or seconds."""
     try:
         return tap.duration(text)
     except ValueError as exc:

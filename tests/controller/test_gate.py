@@ -17,6 +17,7 @@ import pytest
 from rtt_controller.core import model
 from rtt_controller.reconcile import gate, rollout
 from rtt_fabric import flight, graph, steps
+from tests.fabric.test_flight import exact
 
 ROUTE = ("rtt://a/out/x", "rtt://b/in/x", "p2p")
 LIMITS = gate.Limits(min_samples=100, max_error_rate=0.01, max_drop_rate=0.01)
@@ -36,11 +37,6 @@ def entry(latencies_ns: list[int], *, route_id: int = 1, breaker: str = "closed"
 
 def answer(*entries: dict[str, Any]) -> dict[str, Any]:
     return {"ts": 0.0, "routes": list(entries)}
-
-
-def exact(values: list[int], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def test_the_window_p99_comes_from_merged_buckets_within_2_percent() -> None:

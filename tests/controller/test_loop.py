@@ -105,11 +105,8 @@ def test_an_unreachable_node_is_retried_with_backoff_until_it_returns(world: Wor
     assert world.observed_hash() == world.status()["desired_graph_hash"]
 
 
-@pytest.mark.e2e
-def test_a_strict_fabric_takes_the_loops_signed_plans_and_refuses_unsigned_ones(
-        tmp_path: Path, make_repo) -> None:
-    repo = make_repo("repo")
-    loopkit.seed(repo, width=4, routes=ROUTES)
+def strict_world(tmp_path: Path, repo) -> World:
+    """A started world whose nodes run `--strict`, trusting the controller's key only."""
     w = World(tmp_path, repo)
     public = (tmp_path / "keys" / "controller.pub").read_text().strip()
     trust_file = tmp_path / "trust.yaml"
@@ -117,7 +114,15 @@ def test_a_strict_fabric_takes_the_loops_signed_plans_and_refuses_unsigned_ones(
                           f"    - key_id: controller\n      public_key: {public}\n")
     for d in w.daemons.values():
         d.extra = ("--strict", "--trust", str(trust_file))
-    w.start(4)
+    return w.start(4)
+
+
+@pytest.mark.e2e
+def test_a_strict_fabric_takes_the_loops_signed_plans_and_refuses_unsigned_ones(
+        tmp_path: Path, make_repo) -> None:
+    repo = make_repo("repo")
+    loopkit.seed(repo, width=4, routes=ROUTES)
+    w = strict_world(tmp_path, repo)
     try:
         with running(w, sign_key=None):
             wait_for(lambda: w.status().get("phase") == "rolled-back", what="refused")
@@ -287,14 +292,7 @@ def test_strict_nodes_take_the_rollback_of_a_signed_plan(tmp_path: Path, make_re
     inverse of batch 1 and the fabric ends exactly where it started."""
     repo = make_repo("repo")
     loopkit.seed(repo, width=4, routes=[], batch=1)
-    w = World(tmp_path, repo)
-    public = (tmp_path / "keys" / "controller.pub").read_text().strip()
-    trust_file = tmp_path / "trust.yaml"
-    trust_file.write_text("trust:\n  strict_manifests: false\n  keys:\n"
-                          f"    - key_id: controller\n      public_key: {public}\n")
-    for d in w.daemons.values():
-        d.extra = ("--strict", "--trust", str(trust_file))
-    w.start(4)
+    w = strict_world(tmp_path, repo)
     try:
         with w.daemons["n1"].client() as c:  # route 1's far end is gone: n1 refuses batch 2
             c.call("unregister", service="core1")
@@ -339,14 +337,7 @@ def test_the_signed_plan_goes_with_a_nodes_first_prepare_only_and_again_if_forgo
         tmp_path: Path, make_repo) -> None:
     repo = make_repo("repo")
     loopkit.seed(repo, width=4, routes=[], batch=1)
-    w = World(tmp_path, repo)
-    public = (tmp_path / "keys" / "controller.pub").read_text().strip()
-    trust_file = tmp_path / "trust.yaml"
-    trust_file.write_text("trust:\n  strict_manifests: false\n  keys:\n"
-                          f"    - key_id: controller\n      public_key: {public}\n")
-    for d in w.daemons.values():
-        d.extra = ("--strict", "--trust", str(trust_file))
-    w.start(4)
+    w = strict_world(tmp_path, repo)
     try:
         n0 = Counting(w.nodes()["n0"], w.daemons["n0"], restart_before=3)
         with running(w, nodes={"n0": n0, "n1": w.nodes()["n1"]}):

@@ -22,6 +22,7 @@ from rtt_controller.core import planner
 from rtt_controller.reconcile import applying, embedded, loop, telemetry
 from rtt_controller.reconcile import coordinator as coord
 from rtt_controller.signing import keys
+from rtt_fabric import cli as fabric_cli
 from rtt_fabric.client import Client, ClientError
 
 SETTLED = frozenset({loop.Outcome.CONVERGED, loop.Outcome.PROMOTED, loop.Outcome.ROLLED_BACK,
@@ -29,27 +30,9 @@ SETTLED = frozenset({loop.Outcome.CONVERGED, loop.Outcome.PROMOTED, loop.Outcome
                      loop.Outcome.DRIFT_DETECTED})
 
 
-def _duration(text: str) -> float:
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0}
-    for unit in ("ms", "s", "m"):
-        if text.endswith(unit):
-            number = text[:-len(unit)]
-            break
-    else:
-        unit, number = "s", text
-    try:
-        value = float(number) * scale[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a duration like 30s, 500ms, 2m"
-                                         ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
-    return value
-
-
 def _loop_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--branch", default="main", help="the branch to follow (default: main)")
-    p.add_argument("--resync", type=_duration, default=30.0, metavar="DURATION",
+    p.add_argument("--resync", type=fabric_cli.duration_arg, default=30.0, metavar="DURATION",
                    help="a pass at least this often, events or not (default: 30s)")
     p.add_argument("--solver", choices=solvers.BACKENDS, default="cbc")
     p.add_argument("--otel", choices=[e.value for e in telemetry.Exporter], default=None,

@@ -121,13 +121,7 @@ class Traffic:
                                          stdout=log, stderr=log)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+        return _stop(self.proc)
 
 
 @contextlib.contextmanager
@@ -180,13 +174,7 @@ class Node:
                 client.call("register", service=service, symbols=list(symbols))
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+        return _stop(self.proc)
 
 
 @contextlib.contextmanager
@@ -209,6 +197,17 @@ def fabric(root: Path, names: Sequence[str], coordinator: Path) -> Iterator[dict
     finally:
         for node in nodes.values():
             node.stop()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, 20 s to finish cleanly, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
 
 
 def _free_port() -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import gc
-import os
 import random
 import subprocess
 import threading
@@ -383,9 +382,9 @@ class Loop:
         if it has one, signs."""
         self.plans.mkdir(parents=True, exist_ok=True)
         path = self.plans / f"{built.plan_id}.json"
-        _write_atomic(path, orjson.dumps(built.to_json(), option=orjson.OPT_SORT_KEYS))
+        records.write_atomic(path, orjson.dumps(built.to_json(), option=orjson.OPT_SORT_KEYS))
         if published is not None:
-            _write_atomic(*published)
+            records.write_atomic(*published)
         elif self._signer is not None:
             with self.otel.phase("sign", plan_id=built.plan_id):
                 key_id, private = self._signer
@@ -393,7 +392,7 @@ class Loop:
                                                provenance=built.provenance.to_json())
                 signed = keys.sign(statement, key_id=key_id, key=private)
                 sig_path = sidecar.path_for(path, trust.Method.ED25519)
-                _write_atomic(sig_path, orjson.dumps(signed.to_json()))
+                records.write_atomic(sig_path, orjson.dumps(signed.to_json()))
                 verdict = trust.bind(trust.verify(sig_path.read_bytes(), self._own_trust()),
                                      built.to_json())
                 if not verdict.ok:  # our own signature must verify, or nothing is applied
@@ -659,11 +658,3 @@ class Backoff:
     def reset(self) -> None:
         self.attempt = 0
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(path)

@@ -61,13 +61,8 @@ class Records:
     def set_status(self, **fields: Any) -> None:
         """Merge `fields` into the status and write it atomically."""
         status = {**self.status(), **fields}
-        tmp = self.state / (STATUS + ".tmp")
-        with open(tmp, "wb") as out:
-            out.write(orjson.dumps(status, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.state / STATUS)
-        _sync_dir(self.state)
+        write_atomic(self.state / STATUS,
+                     orjson.dumps(status, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
 
     def status(self) -> dict[str, Any]:
         path = self.state / STATUS
@@ -96,6 +91,18 @@ class Records:
                 yield Entry(**orjson.loads(line))
             except (orjson.JSONDecodeError, TypeError):
                 continue
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all: a temporary file, fsynced, renamed over it, and the
+    folder fsynced so the rename survives a crash."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    _sync_dir(path.parent)
 
 
 def _last_byte(path: Path) -> bytes:
