@@ -17,14 +17,15 @@ LANES = ["shm", "uds", "tcp"]
 
 
 @st.composite
-def desired_states(draw: Any, max_symbols: int = 10) -> dict[str, Any]:
+def desired_states(draw: Any, max_symbols: int = 10, placed: bool = False) -> dict[str, Any]:
+    """`placed`: every symbol names its node (no placement for the planner to choose)."""
     n = draw(st.integers(min_value=2, max_value=max_symbols))
     nodes = ["n0", "n1"]
     symbols = []
     for i in range(n):
         sym: dict[str, Any] = {"saddr": f"rtt://d{i % 3}/api/s{i}", "type": "api",
                                "version": f"1.{draw(st.integers(0, 3))}.0", "caps": ["c"]}
-        node = draw(st.sampled_from([None, *nodes]))
+        node = draw(st.sampled_from(nodes if placed else [None, *nodes]))
         if node is not None:
             sym["node"] = node
         symbols.append(sym)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 from bench import generate
+from hypothesis import HealthCheck, given, settings
 
 from rtt_controller import solvers
-from rtt_controller.core import assignment, costs, inventory, loading, planner
+from rtt_controller.core import assignment, costs, graph, ilp, inventory, loading, planner, state
 from rtt_controller.core.plan import Provenance
+from tests import strategies
 
 ORIGIN = Provenance(repo=None, commit=None, created_at=None, backend="")
 
@@ -117,3 +119,47 @@ def test_greedy_is_close_to_the_ilp_and_highs_matches_cbc(routes):
     assert best <= fast  # the ILP is optimal for the lexicographic objective
     assert fast.latency <= best.latency * 1.05
     assert highs.graph.hash == ilp.graph.hash
+
+
+def _model(files, base=inventory.EMPTY):
+    validated, findings = state.assemble(files)
+    demands, more = graph.resolve(validated)
+    assert not findings + more
+    demands.sort(key=lambda d: d.key)
+    return ilp.formulate(demands, validated.policy, base), demands, validated.policy
+
+
+def _stages(model, solution):
+    return [sum(coef * solution[v] for v, coef in terms) for terms in model.objectives]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(drawn=strategies.desired_states(placed=True) | strategies.desired_states())
+def test_a_separable_model_is_solved_exactly_as_the_solver_solves_it(drawn):
+    model, _, _ = _model(strategies.parse(strategies.to_files(drawn)))
+    shortcut = ilp.separable(model)
+    solved = dict(solvers.solver("cbc")(model))
+    if shortcut is None:
+        return
+    # Every choice has a unique best (the tie-break stage), so the optimum is unique.
+    assert _stages(model, shortcut) == _stages(model, solved)
+    assert shortcut == solved
+
+
+def test_placed_routes_skip_the_solver_until_the_shm_budget_binds():
+    syms = "symbols:\n" + "".join(
+        f"  - {{saddr: rtt://d/api/s{i}, type: api, version: 1.0.0, caps: [c], node: a}}\n"
+        for i in range(6))
+    routes = "routes:\n" + "".join(
+        f"  - {{from: rtt://d/api/s{i}, to: rtt://d/api/s5, class: bus, "
+        f"qos: {{throughput_qps: 50000, latency_budget_ms: 10}}}}\n" for i in range(5))
+    policy = ("acl: {{default: allow}}\nnodes: [{{name: a, shm_mb: {mb}}}]\n"
+              "routing: {{fanout: {{default_max: 9}}}}\n")
+    roomy = _desired(_files(syms, routes, policy.format(mb=2)))
+    assert roomy.assignment.backend == ilp.SEPARABLE
+    assert [link.lane for link in roomy.graph.links.values()] == ["shm"] * 5
+    # Five 256 KiB rings do not fit in 1 MiB: every route's own best breaks the budget, so the
+    # solver decides which route gives up shm.
+    tight = _desired(_files(syms, routes, policy.format(mb=1)))
+    assert tight.assignment.backend == "cbc"
+    assert sorted(link.lane for link in tight.graph.links.values()) == ["shm"] * 4 + ["uds"]

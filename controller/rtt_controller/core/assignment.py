@@ -20,7 +20,7 @@ class Assignment:
     lanes: Mapping[tuple[str, str, str], str]
     placement: Mapping[str, str]  # saddr -> node, for every endpoint of a demand
     algorithm: str  # "ilp" or "greedy": part of the plan's content
-    backend: str  # "cbc", "highs" or "greedy": provenance only
+    backend: str  # "cbc", "highs", "separable" (ILP without a solver) or "greedy": provenance
 
 
 class Infeasible(Exception):

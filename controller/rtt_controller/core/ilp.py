@@ -28,6 +28,8 @@ from rtt_controller.core.graph import Demand
 
 Terms = tuple[tuple[str, int], ...]
 
+SEPARABLE = "separable"  # the backend recorded when `separable` solved the model, no solver ran
+
 
 @dataclasses.dataclass(frozen=True)
 class Constraint:
@@ -106,6 +108,47 @@ def formulate(demands: Sequence[Demand], policy: model.Policy,
             b.add(shm_load[node.name], "<=", costs.node_capacity(node))
     objectives = _objectives(demands, policy, base, x, place)
     return IlpModel(tuple(b.variables), tuple(b.constraints), objectives)
+
+
+def separable(model: IlpModel) -> dict[str, int] | None:
+    """The model's optimum found without a solver, when its choices do not interact; else None.
+
+    A choice is a constraint "these variables sum to 1" (one lane per route, one node per
+    symbol). When every variable sits in exactly one choice, each objective is a sum of
+    per-variable costs, so without the other constraints (capacities, co-location) the
+    lexicographic optimum takes, in every choice, the variable whose costs stage by stage are
+    smallest: any other pick is worse at the first stage where it differs and no other choice
+    can make that up. If those picks also satisfy every other constraint, they are an optimum of
+    the whole model. Within a choice, a tie over every stage goes to the earlier variable; the
+    tie-break stage makes that rare (see the module docstring). Incremental replans of placed
+    routes whose shm budget does not bind land here, and skip the solver's processes.
+    """
+    chosen_in: set[str] = set()
+    choices, rest = [], []
+    for c in model.constraints:
+        if c.sense == "==" and c.rhs == 1 and all(coef == 1 for _, coef in c.terms):
+            names = [v for v, _ in c.terms]
+            if chosen_in.intersection(names):
+                return None
+            chosen_in.update(names)
+            choices.append(names)
+        else:
+            rest.append(c)
+    if len(chosen_in) != len(model.variables):
+        return None
+    cost = {v: [0] * len(model.objectives) for v in model.variables}
+    for stage, terms in enumerate(model.objectives):
+        for v, coef in terms:
+            cost[v][stage] += coef
+    solution = dict.fromkeys(model.variables, 0)
+    for names in choices:
+        solution[min(names, key=cost.__getitem__)] = 1  # min keeps the first of equals
+    for c in rest:
+        total = sum(coef * solution[v] for v, coef in c.terms)
+        if not (total <= c.rhs if c.sense == "<=" else
+                total >= c.rhs if c.sense == ">=" else total == c.rhs):
+            return None
+    return solution
 
 
 def _fixed_placement(demands: Sequence[Demand]) -> dict[str, str]:

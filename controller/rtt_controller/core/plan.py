@@ -23,7 +23,7 @@ class Provenance:
     repo: str | None
     commit: str | None
     created_at: str | None  # the commit's time, RFC 3339 UTC; never the wall clock
-    backend: str  # the solver that ran (cbc, highs, greedy); the algorithm is in the content
+    backend: str  # what ran (cbc, highs, separable, greedy); the algorithm is in the content
 
     def to_json(self) -> dict[str, Any]:
         return {"source": {"repo": self.repo, "commit": self.commit},
