@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rtt_fabric import ring
+
 STAMP = struct.Struct("<Q")  # a sender's time.monotonic_ns() in the first 8 payload bytes
 FORK = multiprocessing.get_context("fork")
 
@@ -46,6 +48,9 @@ def pin(cpu: int) -> None:
 
 def _child(fn: Callable[..., Any], cpu: int, go: Any, out: Any, *args: Any) -> None:
     pin(cpu)
+    for arg in args:
+        if isinstance(arg, ring.RingMap):
+            arg.prefault()  # a forked child has no page table entries for the parent's mapping
     go.wait()
     out.send(fn(*args))
 

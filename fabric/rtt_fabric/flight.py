@@ -48,7 +48,7 @@ def create(route_id: int, *, name: str = "rtt-flight") -> tuple[int, mmap.mmap]:
 
 def attach(fd: int) -> mmap.mmap:
     """Map a flight page received over the control socket (the caller keeps the fd)."""
-    return mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    return mmap.mmap(fd, SIZE, ring.SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
 
 def set_breaker(page: mmap.mmap, state: BreakerState) -> None:
