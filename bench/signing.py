@@ -1,7 +1,7 @@
 """Signing and trust cost (issue 6): plan signatures, and the capability token per route open.
 
     python -m bench.signing [--runs 5] [--routes 10000] [--node-routes 2000] [--reps 1000]
-                            [--attaches 1000]
+                            [--attaches 1000] [--skip plans]
 
 Every figure goes through the code production runs; nothing here re-implements a check.
 
@@ -19,14 +19,16 @@ Every figure goes through the code production runs; nothing here re-implements a
    therefore contains no network round trip to Fulcio or Rekor, which public Sigstore would add.
    Warm verify runs in this process; the first verify of a fresh process (sigstore import,
    trusted-root parse, verifier build) runs in a child that imports only `rtt_fabric.trust`.
-3. Capability tokens. In process: `tokens.check` alone, the ATTACH request parse with and
-   without a token, and `strict.Gate.attach` called as the daemon's `_on_session` calls it (the
-   node's routes listed afresh, the token as the parsed wire envelope), with one route on the
-   node, --node-routes and --routes. End to end: a real `rtt fabric serve` without `--strict`
-   and one with `--strict --trust FILE`, on copies of the same state, and SDK `publisher()`
-   calls timed round trip (each followed by an untimed `release`), interleaved call by call
-   across three modes: plain node and no token, plain node and a token it ignores, strict node
-   and a token; with one route on the node, and with --node-routes routes of bench/fabric.py's
+3. Capability tokens, both kinds: signed by an ed25519 key in the trust policy, and MACed
+   under the strict node's token key (`--token-key`). In process: `tokens.check` alone, the
+   ATTACH request parse with and without a token, and `strict.Gate.attach` called as the
+   daemon's `_on_session` calls it (the node's routes listed afresh, the token as the parsed
+   wire envelope), with one route on the node, --node-routes and --routes. End to end: a real
+   `rtt fabric serve` without `--strict` and one with `--strict --trust FILE --token-key FILE`,
+   on copies of the same state, and SDK `publisher()` calls timed round trip (each followed by
+   an untimed `release`), interleaved call by call across four modes: plain node and no token,
+   plain node and a token it ignores, strict node and an ed25519 token, strict node and a
+   MACed token; with one route on the node, and with --node-routes routes of bench/fabric.py's
    workload.
    Strict minus plain is what the token check adds to a route open.
 
@@ -64,6 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 RTT = [sys.executable, "-m", "rtt_controller.cli.main"]
 NODE = fabric_bench.NODE
 KEY_ID = "bench-1"
+TOKEN_KEY_ID = "bench-node"
 PUB, SUB = "rtt://feed/hook/tick", "rtt://book/api/orders"
 CAPS = ("tick",)
 BAR_US = 50.0
@@ -152,13 +155,17 @@ class Signer:
     key: Any  # ed25519.Ed25519PrivateKey
     policy: trust.TrustPolicy
     policy_section: dict[str, Any]
+    token_key: Path  # the strict node's ID.hmac, for MACed tokens
+    secret: bytes
 
 
 def make_signer(folder: Path) -> Signer:
     private, public = keys.generate(KEY_ID, folder)
     section = {"strict_manifests": True, "allow_unsigned": [], "clock_skew_s": 30,
                "keys": [{"key_id": KEY_ID, "public_key": public.read_text().strip()}]}
-    return Signer(keys.load(private)[1], trust.TrustPolicy.from_dict(section), section)
+    token_key = keys.generate_token_key(TOKEN_KEY_ID, folder)
+    return Signer(keys.load(private)[1], trust.TrustPolicy.from_dict(section), section,
+                  token_key, tokens.load_key(token_key)[1])
 
 
 def ed25519_run(plan: PlanCase, signer: Signer, samples: Samples, *, reps: int) -> None:
@@ -259,11 +266,16 @@ def sigstore_run(plan: PlanCase, keyless_: Keyless, folder: Path, samples: Sampl
 # --- capability tokens, in process ------------------------------------------------------------
 
 
-def sign_tokens(signer: Signer, count: int) -> list[dict[str, Any]]:
+def sign_tokens(signer: Signer, count: int, *, mac: bool = False) -> list[dict[str, Any]]:
+    """Fresh tokens (a nonce opens an end once): signed with the ed25519 key, or MACed under
+    the node's token key."""
     now = int(time.time())
-    return [grants.sign_token(grants.token(saddr=PUB, verb="tx", scopes=CAPS, now=now,
-                                           ttl_s=3600), key_id=KEY_ID, key=signer.key).to_json()
-            for _ in range(count)]
+    grants_ = [grants.token(saddr=PUB, verb="tx", scopes=CAPS, now=now, ttl_s=3600)
+               for _ in range(count)]
+    if mac:
+        return [grants.mac_token(g, key_id=TOKEN_KEY_ID, secret=signer.secret).to_json()
+                for g in grants_]
+    return [grants.sign_token(g, key_id=KEY_ID, key=signer.key).to_json() for g in grants_]
 
 
 def our_link() -> dict[str, Any]:
@@ -296,23 +308,35 @@ def tokens_run(signer: Signer, route_sets: dict[str, list[dict[str, Any]]], samp
     samples.setdefault("in|`tokens.check` (one ed25519 verify, claims, nonce)", []).append(
         per_call(lambda i: tokens.check(envs[i + 1], signer.policy, saddr=PUB, role="pub",
                                         caps=CAPS, now=time.time(), nonces=book), reps=reps))
+    macs = [envelope.Envelope.from_json(t) for t in sign_tokens(signer, reps + 1, mac=True)]
+    samples.setdefault("in|HMAC-SHA256 over the PAE alone: a MACed token's floor", []).append(
+        per_call(lambda _: tokens.mac(macs[0].payload_type, macs[0].payload, signer.secret),
+                 reps=reps))
+    keyring = {TOKEN_KEY_ID: signer.secret}
+    samples.setdefault("in|`tokens.check`, MACed token (one HMAC, claims, nonce)", []).append(
+        per_call(lambda i: tokens.check(macs[i + 1], signer.policy, saddr=PUB, role="pub",
+                                        caps=CAPS, now=time.time(), nonces=book,
+                                        mac_keys=keyring), reps=reps))
     for label, token in (("without a token", None), ("with a token", envs[0].to_json())):
         samples.setdefault(f"in|ATTACH request parse, {label}", []).append(
             per_call(parser(attach_body(token)), reps=reps))
     for label, links in route_sets.items():
-        samples.setdefault(f"in|`Gate.attach` as the daemon calls it, {label}", []).append(
-            gate_attach(signer, links, reps=reps))
+        for kind, mac in (("", False), ("MACed token, ", True)):
+            samples.setdefault(f"in|`Gate.attach` as the daemon calls it, {kind}{label}", []
+                               ).append(gate_attach(signer, links, reps=reps, mac=mac))
 
 
 def parser(body: bytes) -> Callable[[int], object]:
     return lambda _: protocol.parse_request(body)
 
 
-def gate_attach(signer: Signer, links: list[dict[str, Any]], *, reps: int) -> list[float]:
+def gate_attach(signer: Signer, links: list[dict[str, Any]], *, reps: int, mac: bool
+                ) -> list[float]:
     held = [_Route(protocol.LinkWire.model_validate_json(orjson.dumps(lk)).to_link())
             for lk in links]
-    requests = [protocol.parse_request(attach_body(t)) for t in sign_tokens(signer, reps + 1)]
-    gate = strict.Gate(signer.policy, node=NODE)
+    requests = [protocol.parse_request(attach_body(t))
+                for t in sign_tokens(signer, reps + 1, mac=mac)]
+    gate = strict.Gate(signer.policy, node=NODE, token_keys={TOKEN_KEY_ID: signer.secret})
     # The daemon passes the routes at the attaching end (its per-end index), not the node's.
     at_end = [r.link for r in held if r.link.from_ == PUB and r.link.from_node == NODE]
     return per_call(lambda i: gate.attach("session", PUB, "pub", requests[i + 1].token,
@@ -391,7 +415,8 @@ def attach_run(root: Path, routes: int, signer: Signer, samples: Samples, *, lab
     policy.write_text(json.dumps({"trust": signer.policy_section}), encoding="utf-8")
     plain = serve(state, root / "plain" / "fabric.sock", root / "plain" / "log")
     strict_node = serve(root / "strict" / "state", root / "strict" / "fabric.sock",
-                        root / "strict" / "log", ("--strict", "--trust", str(policy)))
+                        root / "strict" / "log", ("--strict", "--trust", str(policy),
+                                                  "--token-key", str(signer.token_key)))
     with stopping(plain, strict_node), \
             sdk.Connection(root / "plain" / "fabric.sock") as plain_conn, \
             sdk.Connection(root / "strict" / "fabric.sock") as strict_conn:
@@ -401,14 +426,17 @@ def attach_run(root: Path, routes: int, signer: Signer, samples: Samples, *, lab
         strict_conn.register("feed", symbols(PUB, "hook"), signature=manifest)
         warm = max(20, attaches // 10)
         pool = iter(sign_tokens(signer, 2 * (attaches + warm)))
-        modes: list[tuple[str, sdk.Connection, bool]] = [
-            ("plain node, no token", plain_conn, False),
-            ("plain node, token sent (ignored)", plain_conn, True),
-            ("strict node, token checked", strict_conn, True)]
+        mac_pool = iter(sign_tokens(signer, attaches + warm, mac=True))
+        modes: list[tuple[str, sdk.Connection, Iterator[dict[str, Any]] | None]] = [
+            ("plain node, no token", plain_conn, None),
+            ("plain node, token sent (ignored)", plain_conn, pool),
+            ("strict node, ed25519 token checked", strict_conn, pool),
+            ("strict node, MACed token checked", strict_conn, mac_pool)]
         times: dict[str, list[float]] = {name: [] for name, _, _ in modes}
         for i in range(attaches + warm):
-            for name, conn, with_token in modes[i % 3:] + modes[:i % 3]:  # rotate the order
-                token = next(pool) if with_token else None
+            turn = i % len(modes)
+            for name, conn, tokens_ in modes[turn:] + modes[:turn]:  # rotate the order
+                token = next(tokens_) if tokens_ is not None else None
                 start = time.perf_counter()
                 handle = conn.publisher(PUB, token=token)
                 took = time.perf_counter() - start
@@ -480,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=1000, help="most calls per timed operation")
     parser.add_argument("--attaches", type=int, default=1000,
                         help="timed route opens per mode per run")
+    parser.add_argument("--skip", choices=("plans",), action="append", default=[],
+                        help="plans: time the capability tokens only")
     args = parser.parse_args(argv)
     samples: Samples = {}
     with tempfile.TemporaryDirectory(prefix="rtt-bench-signing-") as tmp:
@@ -488,15 +518,16 @@ def main(argv: list[str] | None = None) -> int:
                    "XDG_DATA_HOME": str(root / "data")}
         os.environ.update(XDG_CACHE_HOME=environ["XDG_CACHE_HOME"],
                           XDG_DATA_HOME=environ["XDG_DATA_HOME"])
-        plans = build_plans(root, args.routes)
+        plans = [] if "plans" in args.skip else build_plans(root, args.routes)
         signer = make_signer(root / "keys")
         route_sets = {f"{n:,} routes on the node": [*fabric_bench.workload(n).links, our_link()]
                       for n in sorted({args.node_routes, args.routes})}
         route_sets = {"1 route on the node": [our_link()], **route_sets}
         for run in range(args.runs):
             print(f"run {run + 1}/{args.runs}", file=sys.stderr)
-            keyless_ = Keyless.start(root / f"sigstore-{run}")
+            keyless_ = Keyless.start(root / f"sigstore-{run}") if plans else None
             for plan in plans:
+                assert keyless_ is not None
                 ed25519_run(plan, signer, samples, reps=args.reps)
                 sigstore_run(plan, keyless_, root / f"sigstore-{run}", samples, reps=args.reps,
                              environ=environ)

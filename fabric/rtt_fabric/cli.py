@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from rtt_fabric import breaker, daemon, tap, trust, wal
+from rtt_fabric import breaker, daemon, tap, tokens, trust, wal
 from rtt_fabric.client import Client, ClientError
 
 DEFAULT_STATE = Path(".rtt/fabric")
@@ -54,6 +54,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     serve_p.add_argument("--trust", type=Path, metavar="FILE",
                          help="the trust policy for --strict: YAML or JSON, the `trust:` "
                               "section of policies/")
+    serve_p.add_argument("--token-key", type=Path, action="append", default=[], metavar="FILE",
+                         help="an ID.hmac token key (`rtt keys generate --kind hmac`): with "
+                              "--strict, capability tokens MACed under it are accepted too "
+                              "(repeatable)")
     status_p = sub.add_parser("status", help="the observed graph and its hash")
     status_p.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
     status_p.add_argument("--format", choices=("text", "json"), default="text")
@@ -69,9 +73,13 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         if args.strict != (args.trust is not None):
             print("rtt fabric serve: --strict and --trust FILE go together", file=sys.stderr)
             return 2
+        if args.token_key and not args.strict:
+            print("rtt fabric serve: --token-key is for --strict nodes", file=sys.stderr)
+            return 2
         try:
             policy = trust.load_policy(args.trust) if args.trust is not None else None
-        except trust.PolicyError as exc:
+            token_keys = dict(tokens.load_key(path) for path in args.token_key)
+        except ValueError as exc:  # a trust.PolicyError, or a bad token key file
             print(f"rtt fabric serve: {exc}", file=sys.stderr)
             return 2
         return daemon.serve(daemon.Config(
@@ -80,7 +88,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
             checkpoint_every=args.checkpoint_every, in_doubt_after_s=args.in_doubt_after,
             data_listen=args.data_listen, peers=dict(args.peer), cluster_key=args.cluster_key,
             breakers=breaker.Config(errors=args.breaker_errors, window_s=args.breaker_window),
-            trust_policy=policy), environ)
+            trust_policy=policy, token_keys=token_keys), environ)
     if args.fabric_command == "status":
         return _status(args)
     return _verify(args)

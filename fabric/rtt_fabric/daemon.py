@@ -68,6 +68,7 @@ class Config:
     breakers: breaker.Config = dataclasses.field(default_factory=breaker.Config)
     flight_every_s: float = 0.1  # how often the breakers read the flight pages
     trust_policy: trust.TrustPolicy | None = None  # strict mode (--strict --trust FILE) when set
+    token_keys: Mapping[str, bytes] = dataclasses.field(default_factory=dict)  # --token-key
 
 
 class StartupError(Exception):
@@ -102,7 +103,8 @@ class Daemon:
         self._cluster_key = b""
         self.data_address: datalink.Address | None = None
         policy = config.trust_policy
-        self._gate = strict.Gate(policy, node=config.node) if policy is not None else None
+        self._gate = (strict.Gate(policy, node=config.node, token_keys=config.token_keys)
+                      if policy is not None else None)
 
     # --- start-up ------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rtt_fabric import canonical
@@ -79,13 +79,13 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Signature:
     keyid: str
     sig: bytes
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Envelope:
     """A DSSE envelope as JSON holds it (payload and signatures base64 there, bytes here)."""
 
@@ -102,11 +102,21 @@ class Envelope:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Envelope:
         try:
-            signatures = tuple(Signature(keyid=str(s.get("keyid", "")), sig=_b64(s["sig"]))
-                               for s in data["signatures"])
-            return cls(payload_type=str(data["payloadType"]), payload=_b64(data["payload"]),
-                       signatures=signatures)
-        except (KeyError, TypeError, AttributeError, binascii.Error) as exc:
+            return cls.from_text(data["payloadType"], data["payload"],
+                                 [(s.get("keyid", ""), s["sig"]) for s in data["signatures"]])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise EnvelopeError(f"not a DSSE envelope ({exc!r})") from None
+
+    @classmethod
+    def from_text(cls, payload_type: Any, payload: Any,
+                  signatures: Iterable[tuple[Any, Any]]) -> Envelope:
+        """From the JSON fields as they are (base64 text), without building the JSON object:
+        what a strict node does with every ATTACH's token."""
+        try:
+            return cls(payload_type=str(payload_type), payload=_b64(payload),
+                       signatures=tuple(Signature(keyid=str(keyid), sig=_b64(sig))
+                                        for keyid, sig in signatures))
+        except (TypeError, binascii.Error) as exc:
             raise EnvelopeError(f"not a DSSE envelope ({exc!r})") from None
 
 

@@ -6,7 +6,8 @@ Three requests are gated, each in one method the daemon calls before it acts:
   batches of a plan need not bring it again.
 - REGISTER (`register`): the manifest must be signed by a trusted key, unless `allow_unsigned`
   covers every symbol (rtt_fabric.manifests).
-- ATTACH (`attach`): a capability token must grant that end of the symbol, with scopes that
+- ATTACH (`attach`): a capability token (signed by a trusted key, or MACed under one of the
+  node's token keys) must grant that end of the symbol, with scopes that
   cover the capabilities of its routes (rtt_fabric.tokens). The scopes granted stay with the
   end while its session holds it, and a PREPARE that would give it a route whose capabilities
   they do not cover is NACKed (`routes`), so a route committed after the attach is held to
@@ -29,8 +30,10 @@ PLANS_HELD = 8
 
 class Gate:
     def __init__(self, policy: trust.TrustPolicy, *, node: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 token_keys: Mapping[str, bytes] | None = None) -> None:
         self.policy, self.node, self._clock = policy, node, clock
+        self._token_keys = dict(token_keys or {})  # MACed tokens' keys, by key id
         self._plans: collections.OrderedDict[str, binding.Bound] = collections.OrderedDict()
         self._nonces = tokens.NonceBook()
         self._grants: dict[tuple[str, str], frozenset[str]] = {}  # scopes of each end's token
@@ -110,7 +113,8 @@ class Gate:
         except envelope.EnvelopeError as exc:
             raise tokens.Refused(tokens.Refusal.INVALID, str(exc)) from None
         granted = tokens.check(env, self.policy, saddr=saddr, role=role, caps=caps,
-                               now=self._clock(), nonces=self._nonces)
+                               now=self._clock(), nonces=self._nonces,
+                               mac_keys=self._token_keys)
         if attached.get(end, session) == session:
             self._grants[end] = granted.scopes
 
@@ -130,4 +134,5 @@ def _local_ends(link: graph.Link, node: str) -> list[tuple[str, str]]:
 def _envelope(wire: protocol.EnvelopeWire | None) -> envelope.Envelope | None:
     if wire is None:
         return None
-    return envelope.Envelope.from_json(wire.to_json())
+    return envelope.Envelope.from_text(wire.payload_type, wire.payload,
+                                       [(s.keyid, s.sig) for s in wire.signatures])

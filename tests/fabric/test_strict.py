@@ -465,3 +465,93 @@ def test_a_spent_nonce_is_refused_until_its_token_expires_and_then_forgotten(key
     assert len(book) == 1
     book.forget_expired(exp + 31)
     assert len(book) == 0
+
+
+# --- MACed tokens: a node's own token key ---------------------------------------------------
+
+
+def maced(key: Path, *, saddr: str, verb: str, scopes: tuple[str, ...] = ("tick",),
+          exp_in: int = 300) -> dict[str, Any]:
+    key_id, secret = tokens.load_key(key)
+    grant = grants.token(saddr=saddr, verb=verb, scopes=scopes, now=int(time.time()),
+                         ttl_s=exp_in)
+    return grants.mac_token(grant, key_id=key_id, secret=secret).to_json()
+
+
+def test_tokens_maced_under_the_nodes_token_key_open_ends_and_no_other_mac_does(
+        tmp_path, coordinator: Coordinator, keyring):
+    def rtt_keys(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "rtt_controller.cli.main", "keys", *args],
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+
+    made = json.loads(rtt_keys("generate", "--kind", "hmac", "--key-id", "node-n0",
+                               "--out", str(tmp_path / "keys"), "--format", "json"))
+    ours = Path(made["token_key"])
+    assert ours.name == "node-n0.hmac"
+    assert ours.stat().st_mode & 0o777 == 0o600
+    theirs = keys.generate_token_key("node-n1", tmp_path / "keys")
+    # The same key id as ours, another secret: the id alone must not be enough.
+    (tmp_path / "forged").mkdir()
+    forged = (tmp_path / "forged" / "node-n0.hmac")
+    forged.write_text("f" * 64)
+    policy = _policy_file(tmp_path / "trust.yaml", keyring)
+    node = Daemon(tmp_path, coordinator=coordinator.path,
+                  extra=("--strict", "--trust", str(policy), "--token-key", str(ours))).start()
+    feed, book = _routed(node, keyring)
+    try:
+        refusals = [  # (case, token, error code)
+            ("another node's token key", maced(theirs, saddr=PUB, verb="tx"), "signer-untrusted"),
+            ("our key id, another secret", maced(forged, saddr=PUB, verb="tx"),
+             "signature-invalid"),
+            ("payload changed", flip(maced(ours, saddr=PUB, verb="tx"), "payload"),
+             "signature-invalid"),
+            ("mac changed", flip(maced(ours, saddr=PUB, verb="tx"), "signatures", 0, "sig"),
+             "signature-invalid"),
+            ("expired beyond skew", maced(ours, saddr=PUB, verb="tx", exp_in=-60),
+             "token-expired"),
+            ("another symbol", maced(ours, saddr=OTHER, verb="tx"), "token-wrong-saddr"),
+            ("scope too narrow", maced(ours, saddr=PUB, verb="tx", scopes=("other",)),
+             "token-scope-too-narrow"),
+        ]
+        for case, grant, code in refusals:
+            with pytest.raises(sdk.ConnectError) as refused:
+                feed.publisher(PUB, token=grant)
+            assert refused.value.code == code, (case, str(refused.value))
+        # What `rtt keys sign-token --key ID.hmac` prints opens an end; ed25519 still does too.
+        sub = book.subscriber(SUB, token=json.loads(rtt_keys(
+            "sign-token", "--key", str(ours), "--saddr", SUB, "--verb", "rx", "--scope", "tick")))
+        once = maced(ours, saddr=PUB, verb="tx")
+        pub = feed.publisher(PUB, token=once)
+        pub.send(b"maced")
+        frame = sub.recv(timeout_s=10)
+        assert frame is not None
+        assert bytes(frame.payload) == b"maced"
+        feed.release(pub)
+        with pytest.raises(sdk.ConnectError) as replayed:
+            feed.publisher(PUB, token=once)
+        assert replayed.value.code == "token-replayed"
+        feed.publisher(PUB, token=token(keyring["ci-1"], saddr=PUB, verb="tx"))
+    finally:
+        feed.close()
+        book.close()
+        assert node.stop() == 0, node.log_text()
+
+
+def test_a_token_key_needs_strict_mode_and_a_readable_secret(tmp_path, keyring):
+    base = [sys.executable, "-m", "rtt_controller.cli.main", "fabric", "serve", "--state",
+            str(tmp_path / "s"), "--socket", str(tmp_path / "f.sock")]
+    key = keys.generate_token_key("node-n0", tmp_path)
+    plain = subprocess.run([*base, "--token-key", str(key)], capture_output=True, text=True,
+                           timeout=60)
+    assert plain.returncode == 2
+    assert "--token-key is for --strict nodes" in plain.stderr
+    short = tmp_path / "short.hmac"
+    short.write_text("too short")
+    policy = _policy_file(tmp_path / "trust.yaml", keyring)
+    for bad, says in ((short, "at least 32 bytes"), (tmp_path / "key.txt", "<key-id>.hmac"),
+                      (tmp_path / "gone.hmac", "No such file")):
+        refused = subprocess.run([*base, "--strict", "--trust", str(policy), "--token-key",
+                                  str(bad)], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2
+        assert str(bad) in refused.stderr, refused.stderr
+        assert says in refused.stderr, refused.stderr

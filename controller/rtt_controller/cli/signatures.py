@@ -35,9 +35,13 @@ SIGN_METHODS = ("key", "sigstore")
 
 def register_keys(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    gen = sub.add_parser("generate", help="make an ed25519 key pair: ID.key (0600) and ID.pub")
+    gen = sub.add_parser("generate", help="make an ed25519 key pair: ID.key (0600) and ID.pub; "
+                                          "or, with --kind hmac, a node's token key ID.hmac")
     gen.add_argument("--key-id", required=True, metavar="ID",
                      help="the key id policies/trust.yaml will name (also the file name)")
+    gen.add_argument("--kind", choices=("ed25519", "hmac"), default="ed25519",
+                     help="hmac: a secret for MACed capability tokens, which the issuer and one "
+                          "node share (rtt fabric serve --token-key)")
     gen.add_argument("--out", default=".", metavar="DIR", help="folder for the files (default: .)")
     gen.add_argument("--format", choices=("text", "json"), default="text")
     man = sub.add_parser("sign-manifest", help="sign a service manifest for a strict fabric node")
@@ -45,7 +49,8 @@ def register_keys(p: argparse.ArgumentParser) -> None:
                      help="YAML or JSON: {service: NAME, symbols: [...]} as REGISTER sends them")
     man.add_argument("--key", required=True, metavar="FILE", help="an ID.key file")
     tok = sub.add_parser("sign-token", help="sign a capability token to open one end of a symbol")
-    tok.add_argument("--key", required=True, metavar="FILE", help="an ID.key file")
+    tok.add_argument("--key", required=True, metavar="FILE",
+                     help="an ID.key file (signs), or a node's ID.hmac token key (MACs)")
     tok.add_argument("--saddr", required=True, help="the symbol whose end the token opens")
     tok.add_argument("--verb", required=True, choices=[v.value for v in tokens.Verb],
                      help="tx: the sending end, rx: the receiving end, open: either")
@@ -62,6 +67,8 @@ def keys_command(args: argparse.Namespace) -> int:
         return _sign_manifest(args)
     if args.keys_command == "sign-token":
         return _sign_token(args)
+    if args.kind == "hmac":
+        return _generate_token_key(args)
     try:
         private, public = keys.generate(args.key_id, Path(args.out))
     except keys.KeyFileError as exc:
@@ -74,6 +81,21 @@ def keys_command(args: argparse.Namespace) -> int:
     print(f"wrote {private} (private, mode 0600) and {public}")
     print("to trust it, add to the `trust:` section of policies/:\n  keys:\n"
           f"    - key_id: {args.key_id}\n      public_key: {public_key}")
+    return OK
+
+
+def _generate_token_key(args: argparse.Namespace) -> int:
+    try:
+        path = keys.generate_token_key(args.key_id, Path(args.out))
+    except keys.KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+    if args.format == "json":
+        print(json.dumps({"key_id": args.key_id, "token_key": str(path)}, indent=2,
+                         sort_keys=True))
+        return OK
+    print(f"wrote {path} (secret, mode 0600)")
+    print(f"give it to one node: rtt fabric serve --strict --trust FILE --token-key {path}\n"
+          f"and MAC that node's tokens with it: rtt keys sign-token --key {path} ...")
     return OK
 
 
@@ -94,14 +116,22 @@ def _sign_manifest(args: argparse.Namespace) -> int:
 
 
 def _sign_token(args: argparse.Namespace) -> int:
-    """Print ATTACH's `token` (a DSSE envelope), valid for --ttl seconds from now."""
-    key_id, private = _load_key(args.key)
+    """Print ATTACH's `token` (a DSSE envelope), valid for --ttl seconds from now: signed with
+    an ID.key, or MACed with an ID.hmac token key."""
     if args.ttl <= 0:
         raise UsageError("--ttl must be positive")
     grant = grants.token(saddr=args.saddr, verb=args.verb, scopes=args.scope,
                          now=int(time.time()), ttl_s=args.ttl, not_before=args.not_before)
-    print(json.dumps(grants.sign_token(grant, key_id=key_id, key=private).to_json(), indent=2,
-                     sort_keys=True))
+    if Path(args.key).suffix == tokens.MAC_SUFFIX:
+        try:
+            key_id, secret = tokens.load_key(Path(args.key))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        signed = grants.mac_token(grant, key_id=key_id, secret=secret)
+    else:
+        key_id, private = _load_key(args.key)
+        signed = grants.sign_token(grant, key_id=key_id, key=private)
+    print(json.dumps(signed.to_json(), indent=2, sort_keys=True))
     return OK
 
 

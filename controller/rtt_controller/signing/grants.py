@@ -2,7 +2,8 @@
 
 Both are DSSE envelopes signed with an ed25519 key from `rtt keys generate`, over payloads that
 the fabric defines (rtt_fabric.manifests, rtt_fabric.tokens), so the bytes signed here are the
-bytes the node rebuilds and checks. Called by `rtt keys sign-manifest` and `rtt keys sign-token`.
+bytes the node rebuilds and checks. A token may instead be MACed under a node's token key
+(`rtt keys generate --kind hmac`). Called by `rtt keys sign-manifest` and `rtt keys sign-token`.
 """
 
 from __future__ import annotations
@@ -43,3 +44,12 @@ def sign_token(grant: tokens.Token, *, key_id: str,
                key: ed25519.Ed25519PrivateKey) -> envelope.Envelope:
     """ATTACH's `token`: the grant, signed."""
     return _sign(tokens.PAYLOAD_TYPE, grant.payload(), key_id=key_id, key=key)
+
+
+def mac_token(grant: tokens.Token, *, key_id: str, secret: bytes) -> envelope.Envelope:
+    """ATTACH's `token`: the grant, MACed under the token key `key_id` that the node holds."""
+    payload = grant.payload()
+    return envelope.Envelope(
+        payload_type=tokens.PAYLOAD_TYPE, payload=payload,
+        signatures=(envelope.Signature(keyid=tokens.MAC_PREFIX + key_id,
+                                       sig=tokens.mac(tokens.PAYLOAD_TYPE, payload, secret)),))

@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import os
 import re
+import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from rtt_fabric import envelope, trust
+from rtt_fabric import envelope, tokens, trust
 
 KEY_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")  # the policy's key_id; also a safe file name
 PRIVATE_SUFFIX = ".key"
@@ -46,6 +47,17 @@ def generate(key_id: str, folder: Path) -> tuple[Path, Path]:
     _create(private, pem, mode=0o600)
     _create(public, (public_key_text(key.public_key()) + "\n").encode("ascii"), mode=0o644)
     return private, public
+
+
+def generate_token_key(key_id: str, folder: Path) -> Path:
+    """Write `<key_id>.hmac` (0600): a secret for MACed capability tokens, shared by the token
+    issuer and the one node that accepts them (`rtt fabric serve --token-key`)."""
+    if not KEY_ID.match(key_id):
+        raise KeyFileError(f"key id {key_id!r} must match {KEY_ID.pattern}")
+    path = folder / f"{key_id}{tokens.MAC_SUFFIX}"
+    folder.mkdir(parents=True, exist_ok=True)
+    _create(path, (secrets.token_hex(32) + "\n").encode("ascii"), mode=0o600)
+    return path
 
 
 def _create(path: Path, data: bytes, *, mode: int) -> None:
