@@ -1,7 +1,7 @@
 """Signing and trust cost (issue 6): plan signatures, and the capability token per route open.
 
     python -m bench.signing [--runs 5] [--routes 10000] [--node-routes 2000] [--reps 1000]
-                            [--attaches 1000] [--skip plans]
+                            [--attaches 1000] [--block 50] [--skip plans]
 
 Every figure goes through the code production runs; nothing here re-implements a check.
 
@@ -26,7 +26,8 @@ Every figure goes through the code production runs; nothing here re-implements a
    wire envelope), with one route on the node, --node-routes and --routes. End to end: a real
    `rtt fabric serve` without `--strict` and one with `--strict --trust FILE --token-key FILE`,
    on copies of the same state, and SDK `publisher()` calls timed round trip (each followed by
-   an untimed `release`), interleaved call by call across four modes: plain node and no token,
+   an untimed `release`), in blocks of --block calls per mode, the modes taking turns and the
+   order rotating block by block, across four modes: plain node and no token,
    plain node and a token it ignores, strict node and an ed25519 token, strict node and a
    MACed token; with one route on the node, and with --node-routes routes of bench/fabric.py's
    workload.
@@ -408,7 +409,7 @@ def prepare_state(root: Path, routes: int) -> Path:
 
 
 def attach_run(root: Path, routes: int, signer: Signer, samples: Samples, *, label: str,
-               attaches: int) -> None:
+               attaches: int, block: int) -> None:
     state = prepare_state(root / "plain", routes)
     shutil.copytree(root / "plain", root / "strict", ignore=shutil.ignore_patterns("*.sock"))
     policy = root / "trust.json"
@@ -425,24 +426,25 @@ def attach_run(root: Path, routes: int, signer: Signer, samples: Samples, *, lab
                                         key=signer.key).to_json()
         strict_conn.register("feed", symbols(PUB, "hook"), signature=manifest)
         warm = max(20, attaches // 10)
-        pool = iter(sign_tokens(signer, 2 * (attaches + warm)))
-        mac_pool = iter(sign_tokens(signer, attaches + warm, mac=True))
+        pool = iter(sign_tokens(signer, 2 * (attaches + warm + block)))
+        mac_pool = iter(sign_tokens(signer, attaches + warm + block, mac=True))
         modes: list[tuple[str, sdk.Connection, Iterator[dict[str, Any]] | None]] = [
             ("plain node, no token", plain_conn, None),
             ("plain node, token sent (ignored)", plain_conn, pool),
             ("strict node, ed25519 token checked", strict_conn, pool),
             ("strict node, MACed token checked", strict_conn, mac_pool)]
         times: dict[str, list[float]] = {name: [] for name, _, _ in modes}
-        for i in range(attaches + warm):
-            turn = i % len(modes)
+        for r in range(-(-(attaches + warm) // block)):
+            turn = r % len(modes)
             for name, conn, tokens_ in modes[turn:] + modes[:turn]:  # rotate the order
-                token = next(tokens_) if tokens_ is not None else None
-                start = time.perf_counter()
-                handle = conn.publisher(PUB, token=token)
-                took = time.perf_counter() - start
-                conn.release(handle)
-                if i >= warm:
-                    times[name].append(took)
+                for k in range(block):
+                    token = next(tokens_) if tokens_ is not None else None
+                    start = time.perf_counter()
+                    handle = conn.publisher(PUB, token=token)
+                    took = time.perf_counter() - start
+                    conn.release(handle)
+                    if r * block + k >= warm:
+                        times[name].append(took)
         for name, seconds in times.items():
             samples.setdefault(f"e2e|{label}|{name}", []).append(seconds)
 
@@ -460,7 +462,7 @@ def ms(seconds: float) -> str:
 
 def report(samples: Samples, args: argparse.Namespace, plans: list[PlanCase]) -> str:
     out = [f"`python -m bench.signing --runs {args.runs} --routes {args.routes} --node-routes "
-           f"{args.node_routes} --attaches {args.attaches}` on "
+           f"{args.node_routes} --attaches {args.attaches} --block {args.block}` on "
            f"{os.cpu_count()} cores; median of per-run p50 / smallest call.\n"]
     out.append("| method | plan | operation | p50 (ms) | min (ms) |\n|---|---|---|---:|---:|")
     sizes = {p.label: f"{p.label} ({p.routes:,} routes, {p.size:,} B)"
@@ -508,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=1000, help="most calls per timed operation")
     parser.add_argument("--attaches", type=int, default=1000,
                         help="timed route opens per mode per run")
+    parser.add_argument("--block", type=int, default=50,
+                        help="route opens in a row per mode before the next mode takes a turn")
     parser.add_argument("--skip", choices=("plans",), action="append", default=[],
                         help="plans: time the capability tokens only")
     args = parser.parse_args(argv)
@@ -535,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             for routes, label in ((0, "1 route on the node"),
                                   (args.node_routes, f"{args.node_routes:,} routes on the node")):
                 attach_run(root / f"attach-{run}-{routes}", routes, signer, samples,
-                           label=label, attaches=args.attaches)
+                           label=label, attaches=args.attaches, block=args.block)
     print(report(samples, args, plans))
     return 0
 
