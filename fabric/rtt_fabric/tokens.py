@@ -9,8 +9,8 @@ JSON in a DSSE envelope of its own payload type, authenticated one of two ways:
 - or MACed (HMAC-SHA256 over the same DSSE PAE) under a token key the node holds
   (`rtt fabric serve --token-key ID.hmac`), the keyid then reading `hmac-sha256:ID`. This is the
   Kerberos service-ticket shape: the issuer and that node share the key, so anyone holding it
-  can mint tokens for that node, which is why each node should get its own. Checking costs
-  about 2 µs, which is what keeps a route open cheap.
+  can mint tokens for that node, which is why each node should get its own. The HMAC costs
+  about 2 µs, which is what keeps a route open cheap (docs/benchmarks.md).
 
 DSSE covers the payload type with the payload either way, so a plan or manifest signature can
 never pass for a token. The verb says which end it opens: `tx` the sending end (`attach` as `pub`),
