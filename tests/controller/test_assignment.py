@@ -52,14 +52,21 @@ def test_split_nodes_force_tcp_and_a_pin_cannot_override_that():
     assert [f.rule.value for f in rejected.value.findings] == ["pin-lane-unusable"]
 
 
-def test_shm_capacity_binds_and_goes_to_the_busiest_routes():
+def _fan_in(qps: list[int]) -> tuple[str, str]:
+    """Symbols and bus routes, all on node a: sender i (at qps[i]) to one receiver, 10 ms."""
+    last = len(qps)
     syms = "symbols:\n" + "".join(
         f"  - {{saddr: rtt://d/api/s{i}, type: api, version: 1.0.0, caps: [c], node: a}}\n"
-        for i in range(7))
+        for i in range(last + 1))
     routes = "routes:\n" + "".join(
-        f"  - {{from: rtt://d/api/s{i}, to: rtt://d/api/s6, class: bus, "
-        f"qos: {{throughput_qps: {qps}, latency_budget_ms: 10}}}}\n"
-        for i, qps in enumerate([1000, 50000, 1000, 50000, 1000, 50000]))
+        f"  - {{from: rtt://d/api/s{i}, to: rtt://d/api/s{last}, class: bus, "
+        f"qos: {{throughput_qps: {rate}, latency_budget_ms: 10}}}}\n"
+        for i, rate in enumerate(qps))
+    return syms, routes
+
+
+def test_shm_capacity_binds_and_goes_to_the_busiest_routes():
+    syms, routes = _fan_in([1000, 50000, 1000, 50000, 1000, 50000])
     # Each 50k route needs a 1024-slot ring (256 KiB); 1 MiB holds three of them plus change.
     policy = ("acl: {default: allow}\nnodes: [{name: a, shm_mb: 1}]\n"
               "routing: {fanout: {default_max: 9}}\n")
@@ -147,12 +154,7 @@ def test_a_separable_model_is_solved_exactly_as_the_solver_solves_it(drawn):
 
 
 def test_placed_routes_skip_the_solver_until_the_shm_budget_binds():
-    syms = "symbols:\n" + "".join(
-        f"  - {{saddr: rtt://d/api/s{i}, type: api, version: 1.0.0, caps: [c], node: a}}\n"
-        for i in range(6))
-    routes = "routes:\n" + "".join(
-        f"  - {{from: rtt://d/api/s{i}, to: rtt://d/api/s5, class: bus, "
-        f"qos: {{throughput_qps: 50000, latency_budget_ms: 10}}}}\n" for i in range(5))
+    syms, routes = _fan_in([50000] * 5)
     policy = ("acl: {{default: allow}}\nnodes: [{{name: a, shm_mb: {mb}}}]\n"
               "routing: {{fanout: {{default_max: 9}}}}\n")
     roomy = _desired(_files(syms, routes, policy.format(mb=2)))

@@ -358,6 +358,22 @@ def _routed(node: Daemon, keyring) -> tuple[sdk.Connection, sdk.Connection]:
     return conns[0], conns[1]
 
 
+def _deliver_then_refuse_replay(feed: sdk.Connection, book: sdk.Connection,
+                                sub_token: dict[str, Any], pub_token: dict[str, Any]) -> None:
+    """Both ends open with these tokens, a frame crosses, and the publisher's token, once
+    spent, opens nothing again."""
+    sub = book.subscriber(SUB, token=sub_token)
+    pub = feed.publisher(PUB, token=pub_token)
+    pub.send(b"granted")
+    frame = sub.recv(timeout_s=10)
+    assert frame is not None
+    assert bytes(frame.payload) == b"granted"
+    feed.release(pub)
+    with pytest.raises(sdk.ConnectError) as replayed:
+        feed.publisher(PUB, token=pub_token)
+    assert replayed.value.code == "token-replayed"
+
+
 def test_capability_tokens_open_a_route_end_and_every_bad_one_is_refused(node, keyring):
     feed, book = _routed(node, keyring)
     trusted, rogue = keyring["ci-1"], keyring["rogue"]
@@ -387,17 +403,9 @@ def test_capability_tokens_open_a_route_end_and_every_bad_one_is_refused(node, k
                 open_end(token=grant)
             assert refused.value.code == code, (case, str(refused.value))
         # Within the policy's 30 s of skew, a just-expired or nearly valid token is accepted.
-        sub = book.subscriber(SUB, token=token(trusted, saddr=SUB, verb="rx", exp_in=-10))
-        once = token(trusted, saddr=PUB, verb="open", nbf_in=10)
-        pub = feed.publisher(PUB, token=once)
-        pub.send(b"granted")
-        frame = sub.recv(timeout_s=10)
-        assert frame is not None
-        assert bytes(frame.payload) == b"granted"
-        feed.release(pub)
-        with pytest.raises(sdk.ConnectError) as replayed:
-            feed.publisher(PUB, token=once)
-        assert replayed.value.code == "token-replayed"
+        _deliver_then_refuse_replay(
+            feed, book, token(trusted, saddr=SUB, verb="rx", exp_in=-10),
+            token(trusted, saddr=PUB, verb="open", nbf_in=10))
         feed.publisher(PUB, token=token(trusted, saddr=PUB, verb="tx"))
     finally:
         feed.close()
@@ -518,18 +526,10 @@ def test_tokens_maced_under_the_nodes_token_key_open_ends_and_no_other_mac_does(
                 feed.publisher(PUB, token=grant)
             assert refused.value.code == code, (case, str(refused.value))
         # What `rtt keys sign-token --key ID.hmac` prints opens an end; ed25519 still does too.
-        sub = book.subscriber(SUB, token=json.loads(rtt_keys(
-            "sign-token", "--key", str(ours), "--saddr", SUB, "--verb", "rx", "--scope", "tick")))
-        once = maced(ours, saddr=PUB, verb="tx")
-        pub = feed.publisher(PUB, token=once)
-        pub.send(b"maced")
-        frame = sub.recv(timeout_s=10)
-        assert frame is not None
-        assert bytes(frame.payload) == b"maced"
-        feed.release(pub)
-        with pytest.raises(sdk.ConnectError) as replayed:
-            feed.publisher(PUB, token=once)
-        assert replayed.value.code == "token-replayed"
+        _deliver_then_refuse_replay(
+            feed, book, json.loads(rtt_keys("sign-token", "--key", str(ours), "--saddr", SUB,
+                                            "--verb", "rx", "--scope", "tick")),
+            maced(ours, saddr=PUB, verb="tx"))
         feed.publisher(PUB, token=token(keyring["ci-1"], saddr=PUB, verb="tx"))
     finally:
         feed.close()
