@@ -91,6 +91,23 @@ def build(*, ordered: Sequence[Step], batches: Sequence[Sequence[int]], base_has
     return Plan(plan_id=plan_id, content=content, provenance=provenance, steps=tuple(ordered))
 
 
+REPAIR = "repair"  # the algorithm a stray-link repair plan names
+
+
+def repair(links: Sequence[inventory.Link], *, stray_set: str, planner_version: str,
+           provenance: Provenance) -> Plan:
+    """A plan of one batch that deletes `links`: half-links a node holds without its peer,
+    which the loop removes before the revision's plan adds them back whole. As a plan it can
+    be signed, and a strict node takes it like any other. Its base graph hash is `stray_set`
+    (a digest of the strays and the nodes holding them), its desired graph is empty, and it
+    comes from no policy."""
+    unique = {link.canonical: link for link in links}
+    ordered = [Step(Op.DEL, unique[key]) for key in sorted(unique)]
+    return build(ordered=ordered, batches=[list(range(len(ordered)))], base_hash=stray_set,
+                 desired_hash=inventory.EMPTY.hash, policy_hash="", planner_version=planner_version,
+                 algorithm=REPAIR, objective={}, provenance=provenance)
+
+
 def _step(content: Mapping[str, Any], entry: Mapping[str, Any]) -> Step:
     section, index = entry["ref"].split("/")
     op = Op(entry["op"])

@@ -403,20 +403,27 @@ class Coordinator:
         """The fabric's graph: the links every node they touch holds."""
         return self.survey().observed
 
-    def repair(self, strays: Sequence[tuple[str, graph.Link]]) -> tuple[bool, str]:
+    def repair(self, strays: Sequence[tuple[str, graph.Link]], *, plan_id: str | None = None,
+               signed_plan: Mapping[str, Any] | None = None) -> tuple[bool, str]:
         """Remove stray links from the nodes holding them, in one transaction of its own, so
-        that a plan can add them back whole. Returns (done, why not)."""
+        that a plan can add them back whole. A strict node takes it only under a signed repair
+        plan (`plan.repair`, its id `plan_id`). Returns (done, why not)."""
         slices: dict[str, list[steps.Step]] = {}
         for name, link in strays:
             slices.setdefault(name, []).append(steps.Step(steps.Op.DEL, link))
-        repair_id = canonical.digest(sorted(f"{n} {link.digest}" for n, link in strays))
+        repair_id = plan_id or stray_set(strays)
         ok, why, _ = self._transaction(self._txid(repair_id, "x", 0),
-                                       {"plan_id": repair_id, "dir": "x", "batch": 0}, [], None,
-                                       slices=slices)
+                                       {"plan_id": repair_id, "dir": "x", "batch": 0}, [],
+                                       signed_plan, slices=slices)
         return ok, why
 
     def observed_hash(self) -> str:
         return self.observed().hash
+
+
+def stray_set(strays: Sequence[tuple[str, graph.Link]]) -> str:
+    """A digest naming the stray links and the nodes holding them."""
+    return canonical.digest(sorted(f"{n} {link.digest}" for n, link in strays))
 
 
 def survey(nodes: Mapping[str, Node]) -> Survey:

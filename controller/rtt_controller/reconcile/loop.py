@@ -241,12 +241,28 @@ class Loop:
                 return survey.observed
             self._record_drift(status, survey.observed, head, healing=True, what=strays)
             self._healing = True
-            done, why = self.coordinator.repair(survey.strays)
+            done, why = self._repair(survey.strays, head)
             if not done:
                 raise Transient(f"removing stray links: {why}")
             return self.coordinator.observed()
         except (OSError, ClientError, ConnectionError) as exc:
             raise Transient(f"reading the fabric's graph: {exc}") from None
+
+    def _repair(self, strays: Sequence[tuple[str, inventory.Link]], head: str
+                ) -> tuple[bool, str]:
+        """Remove the strays in a transaction of their own, under a repair plan signed with
+        the controller's key when it has one (a strict node takes nothing else)."""
+        assert self.coordinator is not None
+        if self._signer is None:
+            return self.coordinator.repair(strays)
+        built = plan_mod.repair([link for _, link in strays], stray_set=coord.stray_set(strays),
+                                planner_version=planner.PLANNER_VERSION,
+                                provenance=plan_mod.Provenance(repo=None, commit=head,
+                                                               created_at=None,
+                                                               backend=plan_mod.REPAIR))
+        signed = {"signature": orjson.loads(self._own_signature(built)),
+                  "content": built.content, "provenance": built.provenance.to_json()}
+        return self.coordinator.repair(strays, plan_id=built.plan_id, signed_plan=signed)
 
     # --- outcomes --------------------------------------------------------------------------------
 
@@ -387,18 +403,24 @@ class Loop:
             records.write_atomic(*published)
         elif self._signer is not None:
             with self.otel.phase("sign", plan_id=built.plan_id):
-                key_id, private = self._signer
-                statement = envelope.Statement(plan_id=built.plan_id,
-                                               provenance=built.provenance.to_json())
-                signed = keys.sign(statement, key_id=key_id, key=private)
-                sig_path = sidecar.path_for(path, trust.Method.ED25519)
-                records.write_atomic(sig_path, orjson.dumps(signed.to_json()))
-                verdict = trust.bind(trust.verify(sig_path.read_bytes(), self._own_trust()),
-                                     built.to_json())
-                if not verdict.ok:  # our own signature must verify, or nothing is applied
-                    raise RuntimeError(f"the controller's signature on {built.plan_id} does "
-                                       f"not verify: {verdict.problem}")
+                records.write_atomic(sidecar.path_for(path, trust.Method.ED25519),
+                                     self._own_signature(built))
         return path
+
+    def _own_signature(self, built: plan_mod.Plan) -> bytes:
+        """The controller's signature of `built`, as a signature file holds it; checked
+        against the controller's own key first: our own signature must verify, or nothing is
+        applied."""
+        assert self._signer is not None
+        key_id, private = self._signer
+        statement = envelope.Statement(plan_id=built.plan_id,
+                                       provenance=built.provenance.to_json())
+        data = orjson.dumps(keys.sign(statement, key_id=key_id, key=private).to_json())
+        verdict = trust.bind(trust.verify(data, self._own_trust()), built.to_json())
+        if not verdict.ok:
+            raise RuntimeError(f"the controller's signature on {built.plan_id} does not "
+                               f"verify: {verdict.problem}")
+        return data
 
     def _own_trust(self) -> trust.TrustPolicy:
         assert self._signer is not None
