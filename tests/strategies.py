@@ -17,8 +17,10 @@ LANES = ["shm", "uds", "tcp"]
 
 
 @st.composite
-def desired_states(draw: Any, max_symbols: int = 10, placed: bool = False) -> dict[str, Any]:
-    """`placed`: every symbol names its node (no placement for the planner to choose)."""
+def desired_states(draw: Any, max_symbols: int = 10, placed: bool = False,
+                   shm_mb: int = 1) -> dict[str, Any]:
+    """`placed`: every symbol names its node (no placement for the planner to choose);
+    `shm_mb`: each node's ring budget."""
     n = draw(st.integers(min_value=2, max_value=max_symbols))
     nodes = ["n0", "n1"]
     symbols = []
@@ -44,7 +46,7 @@ def desired_states(draw: Any, max_symbols: int = 10, placed: bool = False) -> di
             routes.append(route)
     return {"symbols": symbols, "routes": routes,
             "policy": {"acl": {"default": "allow"},
-                       "nodes": [{"name": nd, "shm_mb": 1} for nd in nodes]}}
+                       "nodes": [{"name": nd, "shm_mb": shm_mb} for nd in nodes]}}
 
 
 def to_files(state: dict[str, Any], *, split: int = 1) -> dict[str, bytes]:

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 
 from rtt_controller import solvers
 from rtt_controller.core import assignment, costs, graph, ilp, inventory, loading, planner, state
+from rtt_controller.core.model import Lane
 from rtt_controller.core.plan import Provenance
 from tests import strategies
 
@@ -140,17 +141,18 @@ def _stages(model, solution):
     return [sum(coef * solution[v] for v, coef in terms) for terms in model.objectives]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(drawn=strategies.desired_states(placed=True) | strategies.desired_states())
-def test_a_separable_model_is_solved_exactly_as_the_solver_solves_it(drawn):
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(drawn=strategies.desired_states(placed=True) | strategies.desired_states()
+       | strategies.desired_states(placed=True, shm_mb=0))  # no ring fits: only some compete
+def test_what_presolve_settles_is_what_the_solver_would_choose(drawn):
     model, _, _ = _model(strategies.parse(strategies.to_files(drawn)))
-    shortcut = ilp.separable(model)
-    solved = dict(solvers.solver("cbc")(model))
-    if shortcut is None:
-        return
+    fixed, left = ilp.presolve(model)
+    cbc = solvers.solver("cbc")
+    solved = dict(cbc(model))
+    presolved = fixed if left is None else {**fixed, **cbc(left)}
     # Every choice has a unique best (the tie-break stage), so the optimum is unique.
-    assert _stages(model, shortcut) == _stages(model, solved)
-    assert shortcut == solved
+    assert _stages(model, presolved) == _stages(model, solved)
+    assert presolved == solved
 
 
 def test_placed_routes_skip_the_solver_until_the_shm_budget_binds():
@@ -165,3 +167,16 @@ def test_placed_routes_skip_the_solver_until_the_shm_budget_binds():
     tight = _desired(_files(syms, routes, policy.format(mb=1)))
     assert tight.assignment.backend == "cbc"
     assert sorted(link.lane for link in tight.graph.links.values()) == ["shm"] * 4 + ["uds"]
+    # A sixth sender that asks for uds keeps it without the solver: its best pick uses no
+    # budget. Only the five that compete for the budget are left to solve, each between shm
+    # and its best lane without a ring (uds; tcp can never beat it).
+    syms, routes = _fan_in([50000] * 6)
+    routes = routes.replace("{from: rtt://d/api/s0,", "{lane: uds, from: rtt://d/api/s0,")
+    model, demands, _ = _model(_files(syms, routes, policy.format(mb=1)))
+    fixed, left = ilp.presolve(model)
+    assert left is not None
+    assert {v for v, on in fixed.items() if on} == {"x0_uds"}
+    assert [d.lanes for d in demands[1:]] == [(Lane.SHM, Lane.UDS, Lane.TCP)] * 5
+    assert left.variables == tuple(f"x{i}_{lane}" for i in range(1, 6) for lane in ("shm", "uds"))
+    mixed = _desired(_files(syms, routes, policy.format(mb=1)))
+    assert sorted(link.lane for link in mixed.graph.links.values()) == ["shm"] * 4 + ["uds"] * 2

@@ -28,7 +28,7 @@ from rtt_controller.core.graph import Demand
 
 Terms = tuple[tuple[str, int], ...]
 
-SEPARABLE = "separable"  # the backend recorded when `separable` solved the model, no solver ran
+SEPARABLE = "separable"  # the backend recorded when `presolve` settled the model: no solver ran
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,21 +110,73 @@ def formulate(demands: Sequence[Demand], policy: model.Policy,
     return IlpModel(tuple(b.variables), tuple(b.constraints), objectives)
 
 
-def separable(model: IlpModel) -> dict[str, int] | None:
-    """The model's optimum found without a solver, when its choices do not interact; else None.
+def presolve(model: IlpModel) -> tuple[dict[str, int], IlpModel | None]:
+    """Settle what can be settled without a solver: (values fixed, the model left to solve,
+    None when nothing is left). A model it cannot reduce comes back whole, with nothing fixed.
 
     A choice is a constraint "these variables sum to 1" (one lane per route, one node per
     symbol). When every variable sits in exactly one choice, each objective is a sum of
     per-variable costs, so without the other constraints (capacities, co-location) the
-    lexicographic optimum takes, in every choice, the variable whose costs stage by stage are
-    smallest: any other pick is worse at the first stage where it differs and no other choice
-    can make that up. If those picks also satisfy every other constraint, they are an optimum of
-    the whole model. Within a choice, a tie over every stage goes to the earlier variable; the
-    tie-break stage makes that rare (see the module docstring). Incremental replans of placed
-    routes whose shm budget does not bind land here, and skip the solver's processes.
+    lexicographic optimum takes, in every choice, its best variable: the one whose costs stage
+    by stage are smallest (any other pick is worse at the first stage where it differs, and no
+    other choice can make that up). Then:
+
+    - if those picks satisfy every other constraint, they are the optimum of the whole model;
+    - else, when every other constraint is a budget (`<=`, coefficients >= 0), a choice whose
+      best variable is in no budget keeps it: in any optimum, putting that choice back on its
+      best variable costs it nothing at any stage and frees budget, so an optimum with it
+      exists. Likewise, in a choice that competes for a budget, of its variables that use none
+      only the best can be in an optimum (swapping to it uses the same budget, none, and
+      costs less). Only the competing choices go to the solver, without those variables.
+
+    Within a choice, a tie over every stage goes to the earlier variable; the tie-break stage
+    gives every variable of a choice its own cost, so the optimum is unique and the solver
+    would pick the same. Incremental replans of placed routes land here.
     """
+    split = _choices(model)
+    if split is None:
+        return {}, model
+    choices, rest = split
+    cost = {v: [0] * len(model.objectives) for v in model.variables}
+    for stage, terms in enumerate(model.objectives):
+        for v, coef in terms:
+            cost[v][stage] += coef
+    best = [min(names, key=cost.__getitem__) for names in choices]  # first of equals
+    solution = dict.fromkeys(model.variables, 0)
+    solution.update(dict.fromkeys(best, 1))
+    if all(_holds(c, solution) for c in rest):
+        return solution, None
+    if not all(c.sense == "<=" and all(coef >= 0 for _, coef in c.terms) for c in rest):
+        return {}, model
+    budgeted = {v for c in rest for v, coef in c.terms if coef}
+    fixed: dict[str, int] = {}
+    for names, pick in zip(choices, best, strict=True):
+        if pick not in budgeted:
+            fixed.update((v, int(v == pick)) for v in names)
+            continue
+        free = [v for v in names if v not in budgeted]
+        if free:  # of the choices that use no budget, only the best can be chosen
+            keep = min(free, key=cost.__getitem__)
+            fixed.update((v, 0) for v in free if v != keep)
+    if not fixed:
+        return {}, model
+    left = [v for v in model.variables if v not in fixed]
+    return fixed, IlpModel(
+        variables=tuple(left),
+        constraints=tuple(Constraint(tuple((v, k) for v, k in c.terms if v not in fixed),
+                                     c.sense, c.rhs)  # fixed variables here are all 0
+                          for c in model.constraints
+                          if any(v not in fixed for v, _ in c.terms)),
+        objectives=tuple(tuple((v, k) for v, k in terms if v not in fixed)
+                         for terms in model.objectives))
+
+
+def _choices(model: IlpModel) -> tuple[list[list[str]], list[Constraint]] | None:
+    """The model's choices and its other constraints; None unless every variable is in
+    exactly one choice."""
     chosen_in: set[str] = set()
-    choices, rest = [], []
+    choices: list[list[str]] = []
+    rest: list[Constraint] = []
     for c in model.constraints:
         if c.sense == "==" and c.rhs == 1 and all(coef == 1 for _, coef in c.terms):
             names = [v for v, _ in c.terms]
@@ -134,21 +186,13 @@ def separable(model: IlpModel) -> dict[str, int] | None:
             choices.append(names)
         else:
             rest.append(c)
-    if len(chosen_in) != len(model.variables):
-        return None
-    cost = {v: [0] * len(model.objectives) for v in model.variables}
-    for stage, terms in enumerate(model.objectives):
-        for v, coef in terms:
-            cost[v][stage] += coef
-    solution = dict.fromkeys(model.variables, 0)
-    for names in choices:
-        solution[min(names, key=cost.__getitem__)] = 1  # min keeps the first of equals
-    for c in rest:
-        total = sum(coef * solution[v] for v, coef in c.terms)
-        if not (total <= c.rhs if c.sense == "<=" else
-                total >= c.rhs if c.sense == ">=" else total == c.rhs):
-            return None
-    return solution
+    return (choices, rest) if len(chosen_in) == len(model.variables) else None
+
+
+def _holds(c: Constraint, solution: Mapping[str, int]) -> bool:
+    total = sum(coef * solution[v] for v, coef in c.terms)
+    return total <= c.rhs if c.sense == "<=" else total >= c.rhs if c.sense == ">=" \
+        else total == c.rhs
 
 
 def _fixed_placement(demands: Sequence[Demand]) -> dict[str, str]:

@@ -95,10 +95,10 @@ def desired_graph(files: Sequence[ParsedFile], *, base: inventory.Graph, solve: 
     try:
         if use_ilp and solve is not None and demands:
             model = ilp.formulate(demands, validated.policy, base)
-            solution = ilp.separable(model)
-            chosen = (ilp.decode(demands, validated.policy, solve(model), backend=backend)
-                      if solution is None else
-                      ilp.decode(demands, validated.policy, solution, backend=ilp.SEPARABLE))
+            fixed, left = ilp.presolve(model)
+            solution = fixed if left is None else {**fixed, **solve(left)}
+            chosen = ilp.decode(demands, validated.policy, solution,
+                                backend=ilp.SEPARABLE if left is None else backend)
         else:
             chosen = greedy.assign(demands, validated.policy, base, memo.links)
     except assignment.Infeasible as exc:
