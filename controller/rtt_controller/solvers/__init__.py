@@ -48,7 +48,11 @@ def _command(backend: str, time_limit_s: float) -> pulp.LpSolver:
             if not cmd.available():
                 raise SolverUnavailable("HiGHS needs `highspy` (pip install 'rtt[highs]')")
             return cmd
-        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=1)
+        # No `threads`: CBC given `-threads 1` with `-sec` starts a helper thread that, when the
+        # solve ends within microseconds, can miss its wake-up and hold the exit for its full
+        # 10 s timed wait (seen under strace in bench/converge.py: about one call in 1,200).
+        # Without it CBC runs serially, on one core all the same.
+        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s)
 
 
 @contextlib.contextmanager
