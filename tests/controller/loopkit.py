@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,11 +126,23 @@ def register_all(daemons: dict[str, Daemon], width: int) -> None:
         for service, (node, saddr) in services(i).items():
             per_node.setdefault(node, []).append((service, saddr))
     for node, entries in per_node.items():
+        if node not in daemons:
+            continue
         with daemons[node].client() as c:
             for service, saddr in entries:
                 c.call("register", service=service, symbols=[{
                     "saddr": saddr, "type": "api", "versions": ["1.0.0"], "caps": ["c"],
                     "lanes": ["shm", "uds", "tcp"]}])
+
+
+def lose_state(daemons: dict[str, Daemon], node: str, width: int) -> None:
+    """The node is lost with its disk: it comes back empty, and its services start again and
+    register, while its peers still hold their ends of the links it shared."""
+    daemon = daemons[node]
+    daemon.kill()
+    shutil.rmtree(daemon.state)
+    daemon.start()
+    register_all({node: daemon}, width)
 
 
 class World:

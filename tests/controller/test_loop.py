@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -118,52 +117,44 @@ def strict_world(tmp_path: Path, repo) -> World:
     return w.start(4)
 
 
-@pytest.mark.e2e
-def test_a_strict_fabric_takes_the_loops_signed_plans_and_refuses_unsigned_ones(
-        tmp_path: Path, make_repo) -> None:
+@pytest.fixture
+def strict(tmp_path: Path, make_repo) -> Iterator[World]:
     repo = make_repo("repo")
     loopkit.seed(repo, width=4, routes=ROUTES)
     w = strict_world(tmp_path, repo)
     try:
-        with running(w, sign_key=None):
-            wait_for(lambda: w.status().get("phase") == "rolled-back", what="refused")
-        assert "plan-unsigned" in w.status()["last_error"]
-        w.repo.commit("the same desired state, a new revision")
-        with running(w):
-            wait_for(converged_on(w, loopkit.head(w.repo)), what="converged, signed")
-        assert w.observed_hash() == w.status()["desired_graph_hash"]
+        yield w
     finally:
         w.stop()
+
+
+@pytest.mark.e2e
+def test_a_strict_fabric_takes_the_loops_signed_plans_and_refuses_unsigned_ones(
+        strict: World) -> None:
+    with running(strict, sign_key=None):
+        wait_for(lambda: strict.status().get("phase") == "rolled-back", what="refused")
+    assert "plan-unsigned" in strict.status()["last_error"]
+    strict.repo.commit("the same desired state, a new revision")
+    with running(strict):
+        wait_for(converged_on(strict, loopkit.head(strict.repo)), what="converged, signed")
+    assert strict.observed_hash() == strict.status()["desired_graph_hash"]
 
 
 @pytest.mark.e2e
 def test_a_strict_node_back_without_its_state_is_healed_under_a_signed_repair_plan(
-        tmp_path: Path, make_repo) -> None:
-    repo = make_repo("repo")
-    loopkit.seed(repo, width=4, routes=ROUTES)
-    w = strict_world(tmp_path, repo)
-    try:
-        with running(w) as lp:
-            wait_for(converged_on(w, loopkit.head(w.repo)), what="converged")
-            desired = w.observed_hash()
-            n1 = w.daemons["n1"]
-            n1.kill()  # lost with its disk: back empty, and n0 holds the tcp route alone
-            shutil.rmtree(n1.state)
-            n1.start()
-            with n1.client() as c:
-                for i in range(4):
-                    c.call("register", service=f"core{i}", symbols=[{
-                        "saddr": f"rtt://core/in/p{i}", "type": "api", "versions": ["1.0.0"],
-                        "caps": ["c"], "lanes": ["shm", "uds", "tcp"]}])
-            assert w.observed_hash() != desired
-            lp.wake.set()
-            wait_for(lambda: w.observed_hash() == desired, what="healed\n" + loopkit.dump(w))
-        # n0 took the removal of its half only under the controller's signed repair plan.
-        assert "drift-healing" in [e.outcome for e in w.history()]
-        assert "plan-unsigned" not in str(w.status().get("last_error") or "")
-        assert len(w.daemons["n1"].graph()["links"]) == 1
-    finally:
-        w.stop()
+        strict: World) -> None:
+    with running(strict) as lp:
+        wait_for(converged_on(strict, loopkit.head(strict.repo)), what="converged")
+        desired = strict.observed_hash()
+        loopkit.lose_state(strict.daemons, "n1", 4)  # n0 now holds the tcp route alone
+        assert strict.observed_hash() != desired
+        lp.wake.set()
+        wait_for(lambda: strict.observed_hash() == desired,
+                 what="healed\n" + loopkit.dump(strict))
+    # n0 took the removal of its half only under the controller's signed repair plan.
+    assert "drift-healing" in [e.outcome for e in strict.history()]
+    assert "plan-unsigned" not in str(strict.status().get("last_error") or "")
+    assert len(strict.daemons["n1"].graph()["links"]) == 1
 
 
 @pytest.mark.e2e

@@ -210,21 +210,11 @@ def test_a_burst_of_commits_is_coalesced(world: World) -> None:
 
 
 def test_6b_a_node_restarted_without_its_state_is_healed(world: World) -> None:
-    import shutil  # noqa: PLC0415
-
     with running(world) as lp:
         rev = loopkit.push_routes(world.repo, FIRST, "three routes")
         _converge(world, rev)
         desired = world.observed_hash()
-        n1 = world.daemons["n1"]
-        n1.kill()  # the node is lost with its disk: it comes back empty
-        shutil.rmtree(n1.state)
-        n1.start()
-        with n1.client() as c:  # its services start again and register
-            for i in range(WIDTH):
-                c.call("register", service=f"core{i}", symbols=[{
-                    "saddr": f"rtt://core/in/p{i}", "type": "api", "versions": ["1.0.0"],
-                    "caps": ["c"], "lanes": ["shm", "uds", "tcp"]}])
+        loopkit.lose_state(world.daemons, "n1", WIDTH)
         assert world.observed_hash() != desired
         lp.wake.set()
         wait_for(lambda: world.observed_hash() == desired, what="healed\n" + loopkit.dump(world))
